@@ -1,0 +1,1 @@
+"""volt-spec: declarative lifecycle for KVM microVMs, with its own VMM."""
