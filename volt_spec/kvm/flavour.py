@@ -1,0 +1,44 @@
+"""Which kind of KVM this host has: hardware (VT-x / AMD-V) or PVM (software, nested hosts)."""
+
+from __future__ import annotations
+
+import os
+
+PVM = "pvm"
+HARDWARE = "hardware"
+
+
+def kvm_flavour(sys_module: str = "/sys/module", cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'pvm' when kvm_pvm is loaded, else 'hardware' (vmx/svm) or 'unknown'."""
+    if os.path.isdir(os.path.join(sys_module, "kvm_pvm")):
+        return PVM
+    try:
+        with open(cpuinfo, "rb") as f:
+            for line in f:
+                if line.startswith(b"flags"):
+                    words = line.split()
+                    if b"vmx" in words or b"svm" in words:
+                        return HARDWARE
+                    break
+    except OSError:
+        pass
+    for mod in ("kvm_intel", "kvm_amd"):
+        if os.path.isdir(os.path.join(sys_module, mod)):
+            return HARDWARE
+    return "unknown"
+
+
+def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """vendor_id, model name, family and model of the host's first CPU."""
+    out: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return {"vendor": out.get("vendor_id", "unknown"), "model_name": out.get("model name", "unknown"),
+            "family": out.get("cpu family", "?"), "model": out.get("model", "?")}

@@ -1,0 +1,74 @@
+"""Guest RAM: private anonymous (or file-backed) mappings with bounds-checked access.
+
+Every guest-physical read and write goes through `GuestMemory`, which refuses
+any range that is not wholly inside one RAM region: guest-supplied addresses
+never reach host memory outside the guest's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical range outside guest RAM."""
+
+
+class MemoryRegion:
+    """One contiguous guest-physical range backed by one host mapping."""
+
+    __slots__ = ("gpa", "size", "map", "host_addr", "_anchor")
+
+    def __init__(self, gpa: int, size: int, mapping: mmap.mmap) -> None:
+        self.gpa, self.size, self.map = gpa, size, mapping
+        # SAFETY: the anchor keeps an export on the mapping, so it cannot be closed or
+        # resized while KVM holds `host_addr` in a memory slot.
+        self._anchor = ctypes.c_char.from_buffer(mapping)
+        self.host_addr = ctypes.addressof(self._anchor)
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemory:
+    """The guest's RAM regions, sorted by guest-physical address."""
+
+    def __init__(self, regions: list[MemoryRegion]) -> None:
+        self.regions = sorted(regions, key=lambda r: r.gpa)
+
+    @classmethod
+    def anonymous(cls, ranges: list[tuple[int, int]]) -> "GuestMemory":
+        """Fresh zeroed RAM: MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, touched only on use."""
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE
+        return cls([MemoryRegion(gpa, size, mmap.mmap(-1, size, flags=flags))
+                    for gpa, size in ranges])
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.regions)
+
+    def region_for(self, gpa: int, length: int) -> tuple[MemoryRegion, int]:
+        """The region holding [gpa, gpa+length) and the offset of gpa in it."""
+        if length < 0 or gpa < 0:
+            raise GuestMemoryError(f"bad guest range {gpa:#x}+{length:#x}")
+        for r in self.regions:
+            if r.gpa <= gpa and gpa + length <= r.end:
+                return r, gpa - r.gpa
+        raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+
+    def read(self, gpa: int, length: int) -> bytes:
+        region, off = self.region_for(gpa, length)
+        return region.map[off:off + length]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        region, off = self.region_for(gpa, len(data))
+        region.map[off:off + len(data)] = data
+
+    def close(self) -> None:
+        for r in self.regions:
+            del r._anchor
+            r.map.close()
