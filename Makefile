@@ -1,0 +1,40 @@
+# volt-spec: `make demo` and `make test` on a fresh Debian/Ubuntu machine (as root, or with sudo).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := gcc binutils make acpica-tools
+
+.PHONY: demo test deps system-deps clean bench
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+# Debian packages the build and tests need: a C toolchain for the test guest, iasl for ACPI checks.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/volt guest build
+	$(VENV)/bin/volt-vmm --kernel "$$($(VENV)/bin/volt guest build)" --vcpus 2 --memory 128 \
+	  --cmdline "volt.ticks=3 volt.tick_ms=200 volt.poweroff"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rfE
+
+bench: $(STAMP)
+	$(PY) benchmarks/boot.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

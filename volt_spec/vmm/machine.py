@@ -1,0 +1,276 @@
+"""One microVM: KVM VM + guest RAM + devices + one thread per vCPU.
+
+Build order (each step is one or a few ioctls; the slow one is memory registration):
+create VM -> TSS/identity map -> irqchip + PIT -> memory slots -> kernel, ACPI and
+boot structures into RAM -> vCPUs (CPUID, MSRs, LAPIC LINTs, registers) -> devices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+
+from ..boot import layout
+from ..kvm import exits as x
+from ..kvm import structs as s
+from ..kvm.memory import GuestMemory
+from ..kvm.system import Kvm
+from ..kvm.vcpu import KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, Vcpu
+from ..kvm.vm import Vm
+from . import status
+from .config import VmConfig
+from .loader import BootPlan
+
+MSR_IA32_MISC_ENABLE = 0x1A0
+MISC_ENABLE_FAST_STRING = 1
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_MODE_NMI = 0x4
+APIC_MODE_EXTINT = 0x7
+KICK_SIGNAL = signal.SIGUSR1
+
+
+class KvmIrqLine:
+    """A device's interrupt output wired to one GSI through KVM_IRQ_LINE."""
+
+    __slots__ = ("vm", "gsi")
+
+    def __init__(self, vm: Vm, gsi: int) -> None:
+        self.vm, self.gsi = vm, gsi
+
+    def set_level(self, level: bool) -> None:
+        self.vm.irq_line(self.gsi, level)
+
+
+class _Shifted:
+    """A device seen through a second, non-contiguous port: offsets shifted by `delta`."""
+
+    __slots__ = ("dev", "delta")
+
+    def __init__(self, dev, delta: int) -> None:
+        self.dev, self.delta = dev, delta
+
+    def read(self, offset: int) -> int:
+        return self.dev.read(offset + self.delta)
+
+    def write(self, offset: int, value: int) -> None:
+        self.dev.write(offset + self.delta, value)
+
+
+class StdoutSink:
+    """Guest serial bytes straight to fd 1: no buffering, so a pipe reader sees each at once."""
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd = fd
+        self.broken = False
+
+    def __call__(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            os.write(self.fd, data)
+        except (BrokenPipeError, OSError):
+            self.broken = True
+
+
+class Machine:
+    """A built VM, ready to run."""
+
+    def __init__(self, kvm: Kvm, config: VmConfig, out=None) -> None:
+        self.kvm = kvm
+        self.config = config
+        self.mem_size = config.memory_mib * layout.MiB
+        self.exit_event = threading.Event()
+        self.exit_code: int | None = None
+        self.exit_reason = ""
+        self.vcpus: list[Vcpu] = []
+        self.threads: list[threading.Thread] = []
+        self.out = out or StdoutSink()
+        self.bus_lock = threading.Lock()
+
+        self.vm = Vm(kvm.create_vm())
+        self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
+        self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        self.memory = GuestMemory.anonymous(layout.ram_ranges(self.mem_size))
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
+        self._make_devices()
+
+    # -- building ------------------------------------------------------------------------------
+    def _make_devices(self) -> None:
+        from ..devices.acpi_pm import AcpiSleep
+        from ..devices.bus import MmioBus, PioBus, Sink
+        from ..devices.i8042 import I8042
+        from ..devices.rtc import Rtc
+        from ..devices.serial import Serial
+        import time
+
+        self.serial = Serial(KvmIrqLine(self.vm, layout.COM1_IRQ), self.out)
+        self.i8042 = I8042(KvmIrqLine(self.vm, layout.I8042_IRQ), self._on_reset)
+        self.acpi_sleep = AcpiSleep(self._on_sleep)
+        self.pio = PioBus()
+        self.pio.insert(layout.COM1_PORT, 8, self.serial)
+        self.pio.insert(layout.I8042_DATA_PORT, 1, self.i8042)
+        self.pio.insert(layout.I8042_CMD_PORT, 1, _Shifted(self.i8042, 4))
+        self.pio.insert(layout.ACPI_SLEEP_CONTROL_PORT, 2, self.acpi_sleep)
+        self.pio.insert(layout.RTC_INDEX_PORT, 2, Rtc(time.time))
+        self.pio.insert_noise_sinks()
+        for com in (0x2F8, 0x3E8, 0x2E8):           # absent COM2-4: quiet, not "unknown"
+            self.pio.insert(com, 8, Sink())
+        self.mmio = MmioBus()
+
+    def load(self, plan: BootPlan, acpi_blob: bytes, acpi_base: int) -> None:
+        """Write the boot plan and ACPI tables into RAM and create every vCPU at its entry state."""
+        for addr, data in plan.writes:
+            self.memory.write(addr, data)
+        self.memory.write(acpi_base, acpi_blob)
+        mmap_size = self.kvm.get_vcpu_mmap_size()
+        supported = self.kvm.get_supported_cpuid()
+        from ..boot.cpuid import vcpu_cpuid
+        for i in range(self.config.vcpus):
+            vcpu = Vcpu(self.vm.create_vcpu(i), i, mmap_size)
+            vcpu.set_cpuid2(vcpu_cpuid(supported, i, self.config.vcpus))
+            vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING)])
+            self._set_lints(vcpu)
+            if i == 0:
+                self._set_entry(vcpu, plan)
+            else:
+                vcpu.set_mp_state(KVM_MP_STATE_UNINITIALIZED)   # APs wait for INIT/SIPI
+            self.vcpus.append(vcpu)
+
+    @staticmethod
+    def _set_lints(vcpu: Vcpu) -> None:
+        """LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them."""
+        lapic = vcpu.get_lapic()
+        regs = bytearray(lapic.regs)
+        for off, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
+            v = int.from_bytes(regs[off:off + 4], "little")
+            v = (v & ~0x700) | (mode << 8)
+            regs[off:off + 4] = v.to_bytes(4, "little")
+        ctypes.memmove(ctypes.addressof(lapic), bytes(regs), len(regs))
+        vcpu.set_lapic(lapic)
+
+    @staticmethod
+    def _set_entry(vcpu: Vcpu, plan: BootPlan) -> None:
+        sregs = vcpu.get_sregs()
+        for name, value in plan.sregs.items():
+            if name in ("gdt", "idt"):
+                table = getattr(sregs, name)
+                table.base, table.limit = value
+            elif isinstance(value, dict):
+                seg = getattr(sregs, name)
+                for field, v in value.items():
+                    setattr(seg, field, v)
+            else:
+                setattr(sregs, name, value)
+        vcpu.set_sregs(sregs)
+        regs = s.KvmRegs()
+        regs.rflags = 0x2
+        for name, value in plan.regs.items():
+            setattr(regs, name, value)
+        vcpu.set_regs(regs)
+        vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+
+    # -- running -------------------------------------------------------------------------------
+    def start(self) -> None:
+        signal.signal(KICK_SIGNAL, lambda *_: None)
+        for vcpu in self.vcpus:
+            t = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{vcpu.index}",
+                                 daemon=True)
+            self.threads.append(t)
+        for t in self.threads:
+            t.start()
+
+    def request_exit(self, code: int, reason: str) -> None:
+        """Record the first reason the VM stops, wake the main thread and kick the vCPUs."""
+        with self.bus_lock:
+            if self.exit_code is None:
+                self.exit_code, self.exit_reason = code, reason
+        self.exit_event.set()
+        self.kick_all()
+
+    def kick_all(self) -> None:
+        me = threading.get_ident()
+        for vcpu, t in zip(self.vcpus, self.threads):
+            vcpu.set_immediate_exit(True)
+            if t.ident is not None and t.ident != me and t.is_alive():
+                try:
+                    signal.pthread_kill(t.ident, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass
+
+    def send_ctrl_alt_del(self) -> None:
+        with self.bus_lock:
+            self.i8042.send_ctrl_alt_del()
+
+    def _on_sleep(self, slp_typ: int) -> None:
+        if slp_typ == layout.ACPI_S5_SLP_TYP:
+            self._stopping(status.OK, "guest powered off")
+
+    def _on_reset(self) -> None:
+        self._stopping(status.OK, "guest requested a reset")
+
+    def _stopping(self, code: int, reason: str) -> None:
+        # Called with bus_lock held (from a device callback): record and kick without re-locking.
+        if self.exit_code is None:
+            self.exit_code, self.exit_reason = code, reason
+        self.exit_event.set()
+        for vcpu in self.vcpus:
+            vcpu.set_immediate_exit(True)
+
+    def _vcpu_loop(self, vcpu: Vcpu) -> None:
+        pio, mmio, lock = self.pio, self.mmio, self.bus_lock
+        try:
+            while not self.exit_event.is_set():
+                ex = vcpu.run()
+                cls = type(ex)
+                if cls is x.IoOut:
+                    with lock:
+                        pio.write(ex.port, ex.data)
+                elif cls is x.IoIn:
+                    with lock:
+                        data = pio.read(ex.port, ex.size)
+                    vcpu.complete_io_in(data)
+                elif cls is x.MmioWrite:
+                    with lock:
+                        mmio.write(ex.addr, ex.data)
+                elif cls is x.MmioRead:
+                    with lock:
+                        data = mmio.read(ex.addr, ex.size)
+                    vcpu.complete_mmio_read(data)
+                elif cls is x.Interrupted:
+                    continue
+                else:
+                    self._fatal_exit(vcpu, ex)
+                    return
+        except Exception as e:  # noqa: BLE001 - a vCPU thread must report, never die silently
+            self.request_exit(status.VMM_ERROR, f"vcpu {vcpu.index}: {e}")
+
+    def _fatal_exit(self, vcpu: Vcpu, ex: x.Exit) -> None:
+        where = f"vcpu {vcpu.index}"
+        try:
+            where += f", rip={vcpu.get_regs().rip:#x}"
+        except OSError:
+            pass
+        match ex:
+            case x.Shutdown():
+                self.request_exit(status.GUEST_CRASH, f"guest triple fault ({where})")
+            case x.InternalError():
+                self.request_exit(status.GUEST_CRASH, f"KVM internal error: {ex.describe()} ({where})")
+            case x.FailEntry():
+                self.request_exit(status.GUEST_CRASH,
+                                  f"VM entry failed, hardware reason {ex.reason:#x} ({where})")
+            case x.SystemEvent(type=t) if t == x.KVM_SYSTEM_EVENT_SHUTDOWN:
+                self.request_exit(status.OK, "guest powered off")
+            case x.SystemEvent(type=t) if t == x.KVM_SYSTEM_EVENT_RESET:
+                self.request_exit(status.OK, "guest requested a reset")
+            case x.SystemEvent():
+                self.request_exit(status.GUEST_CRASH, f"guest crashed (system event {ex.type}, {where})")
+            case x.Hlt():
+                self.request_exit(status.GUEST_CRASH, f"guest halted with no interrupt source ({where})")
+            case _:
+                self.request_exit(status.VMM_ERROR, f"unhandled vCPU exit {ex!r} ({where})")
