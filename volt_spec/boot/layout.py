@@ -66,6 +66,12 @@ I8042_IRQ = 1
 ACPI_SLEEP_CONTROL_PORT = 0x600
 ACPI_SLEEP_STATUS_PORT = 0x601
 ACPI_S5_SLP_TYP = 5               # the value the DSDT's \_S5 package names
+# MC146818 CMOS/RTC index and data ports (no IRQ 8: the RTC raises no interrupts).
+RTC_INDEX_PORT = 0x70
+RTC_DATA_PORT = 0x71
+# Ports Linux and firmware poke that need no device: POST codes, I/O delay,
+# PC speaker/NMI status, DMA page register. Answered by a bus Sink, not logged.
+NOISE_PORTS = (0x61, 0x80, 0x87, 0xED)
 
 # x86 e820 / PVH memory map types.
 E820_RAM = 1
