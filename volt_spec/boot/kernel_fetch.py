@@ -1,0 +1,207 @@
+"""Fetch and cache a stock Debian kernel (and a static busybox) to boot in test VMs.
+
+Uses the host's apt: `apt-cache` resolves Debian's `linux-image-cloud-amd64`
+metapackage to the versioned image package, `apt-get download` fetches the
+.deb without installing it, and `dpkg-deb -x` unpacks it in a scratch
+directory from which only the wanted file is kept. Every cached file appears
+atomically (written aside, then renamed), so concurrent or interrupted runs
+never leave a partial file under its final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from volt_spec.boot.bzimage import extract_vmlinux
+
+KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+BUSYBOX_MEMBER = "bin/busybox"
+CACHE_ENV = "VOLT_CACHE"
+DEFAULT_CACHE = Path.home() / ".cache" / "volt-spec"
+_DEPENDS_RE = re.compile(r"^\s*Depends:\s*(linux-image-\S+)\s*$", re.MULTILINE)
+_VERSION_RE = re.compile(r"^Version:\s*(\S+)\s*$", re.MULTILINE)
+
+
+class KernelFetchError(RuntimeError):
+    """A Debian package could not be resolved, downloaded or unpacked."""
+
+
+class ToolMissingError(KernelFetchError):
+    """apt or dpkg is not installed: retrying cannot help."""
+
+
+def default_cache_dir() -> Path:
+    """$VOLT_CACHE, else ~/.cache/volt-spec."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else DEFAULT_CACHE
+
+
+def _run(args: list[str], cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise ToolMissingError(f"{args[0]} not found: fetching Debian packages needs apt and dpkg") from e
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise KernelFetchError(f"{' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
+    return proc.stdout
+
+
+def _with_apt_update(query: list[str], parse: Callable[[str], str | None]) -> str:
+    """Run an apt-cache query; if it finds nothing, `apt-get update` once and retry."""
+    for attempt in range(2):
+        try:
+            found = parse(_run(query))
+        except ToolMissingError:
+            raise
+        except KernelFetchError:
+            found = None
+        if found:
+            return found
+        if attempt == 0:
+            _run(["apt-get", "update", "-qq"])
+    raise KernelFetchError(f"{query[-1]} is not known to apt (even after apt-get update)")
+
+
+def resolve_kernel_package(metapackage: str = KERNEL_METAPACKAGE) -> str:
+    """The versioned image package the metapackage depends on, e.g. linux-image-6.1.0-56-cloud-amd64."""
+    def parse(out: str) -> str | None:
+        match = _DEPENDS_RE.search(out)
+        return match.group(1) if match else None
+    return _with_apt_update(["apt-cache", "depends", metapackage], parse)
+
+
+def candidate_version(package: str) -> str:
+    """apt's candidate version of a package."""
+    def parse(out: str) -> str | None:
+        match = _VERSION_RE.search(out)
+        return match.group(1) if match else None
+    return _with_apt_update(["apt-cache", "show", "--no-all-versions", package], parse)
+
+
+def _atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path:
+    """Download `package`, unpack it aside and keep the one file matching `member_glob` as dest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as scratch:
+        work = Path(scratch)
+        _run(["apt-get", "download", "-qq", package], cwd=work)
+        debs = sorted(work.glob("*.deb"))
+        if not debs:
+            raise KernelFetchError(f"apt-get download {package} produced no .deb")
+        _run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")])
+        members = sorted((work / "root").glob(member_glob))
+        if not members:
+            raise KernelFetchError(f"{debs[0].name} has no {member_glob}")
+        _atomic_copy(members[0], dest, mode)
+    return dest
+
+
+def _newest(paths: list[Path]) -> Path | None:
+    return max(paths, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def fetch_debian_kernel(cache_dir: Path | None = None, refresh: bool = False) -> Path:
+    """Path to a cached Debian cloud `vmlinuz-<ver>-cloud-amd64`, downloading it if needed.
+
+    A cached kernel is reused without asking apt (apt-cache takes ~1 s);
+    `refresh=True` resolves the metapackage again and fetches a newer one.
+    """
+    cache = cache_dir or default_cache_dir()
+    cached = _newest([p for p in cache.glob("vmlinuz-*-cloud-amd64") if p.is_file()])
+    if cached and not refresh:
+        return cached
+    try:
+        package = resolve_kernel_package()
+    except KernelFetchError:
+        if cached:
+            return cached                    # offline: the cached kernel will do
+        raise
+    dest = cache / ("vmlinuz-" + package.removeprefix("linux-image-"))
+    if dest.is_file():
+        return dest
+    return _fetch_member(package, "boot/vmlinuz-*", dest, 0o644)
+
+
+def fetch_busybox(cache_dir: Path | None = None, refresh: bool = False) -> Path:
+    """Path to a cached static busybox binary from Debian's busybox-static."""
+    cache = cache_dir or default_cache_dir()
+    cached = _newest([p for p in cache.glob("busybox-*") if p.is_file()])
+    if cached and not refresh:
+        return cached
+    try:
+        version = candidate_version(BUSYBOX_PACKAGE)
+    except KernelFetchError:
+        if cached:
+            return cached
+        raise
+    upstream = version.split(":", 1)[-1]     # drop the Debian epoch ("1:")
+    dest = cache / f"busybox-{upstream}"
+    if dest.is_file():
+        return dest
+    return _fetch_member(BUSYBOX_PACKAGE, BUSYBOX_MEMBER, dest, 0o755)
+
+
+def vmlinux_path(cache_dir: Path | None = None) -> Path:
+    """Path to the ELF vmlinux extracted from the cached Debian kernel (cached next to it)."""
+    vmlinuz = fetch_debian_kernel(cache_dir)
+    dest = vmlinuz.with_name(vmlinuz.name.replace("vmlinuz-", "vmlinux-", 1))
+    if not dest.is_file():
+        _atomic_write(dest, extract_vmlinux(vmlinuz.read_bytes()))
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"default: ${CACHE_ENV} or {DEFAULT_CACHE}")
+    parser.add_argument("--refresh", action="store_true", help="ask apt for newer packages")
+    parser.add_argument("--vmlinux", action="store_true", help="also extract and print the ELF vmlinux")
+    args = parser.parse_args(argv)
+    try:
+        print(f"kernel:  {fetch_debian_kernel(args.cache_dir, args.refresh)}")
+        if args.vmlinux:
+            print(f"vmlinux: {vmlinux_path(args.cache_dir)}")
+        print(f"busybox: {fetch_busybox(args.cache_dir, args.refresh)}")
+    except KernelFetchError as e:
+        parser.exit(1, f"error: {e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
