@@ -1,0 +1,368 @@
+/*
+ * main.c - BSP boot sequence, command line, interrupt dispatch, AP entry.
+ *
+ * Boot: PVH info -> kvmclock -> ACPI (CPUs) -> x2APIC -> start APs and wait
+ * (halted, woken by their IPIs) -> VOLT-READY -> ticks / ring-3 workload.
+ */
+#include "kernel.h"
+
+#define HVM_START_MAGIC     0x336ec578
+#define E820_RAM            1
+#define FOUR_GIB            (4UL << 30)
+#define MIB                 (1UL << 20)
+#define AP_WAIT_MS          2000
+#define MEM_REGION_BASE     (16 * MIB)  /* workload region: above the kernel image */
+#define MEM_REPORT_MS       1000        /* at most one mem-ok line per this, after the first */
+#define UD_VECTOR           6
+#define INT_OPCODE          0xcd
+#define SCANCODE_EXTENDED   0xe0
+#define SCANCODE_DELETE     0x53        /* set 1 (translated) Delete, after 0xe0 */
+#define SCANCODE2_DELETE    0x71        /* set 2 Delete, after 0xe0 */
+#define I8042_DATA          0x60        /* layout.I8042_DATA_PORT */
+#define I8042_STATUS        0x64        /* layout.I8042_CMD_PORT */
+#define I8042_OBF           0x01
+#define I8042_DRAIN_MAX     16
+
+struct hvm_start_info {
+    u32 magic, version, flags, nr_modules;
+    u64 modlist_paddr, cmdline_paddr, rsdp_paddr, memmap_paddr;
+    u32 memmap_entries, reserved;
+};
+
+struct hvm_memmap_entry {
+    u64 addr, size;
+    u32 type, reserved;
+};
+
+struct config {
+    int ticks_given;
+    u64 ticks;          /* 0 with ticks_given: tick forever */
+    u64 tick_ms;
+    u64 mem_mib;
+    int poweroff;
+};
+
+static struct config cfg = { .tick_ms = 1000 };
+static u64 tick_count;
+static int ticking;
+static u64 tick_period_tsc;
+static int kbd_extended;
+volatile u32 ap_up_count;
+u32 bsp_apic_id;
+static u64 ram_ranges[8][2];
+static u32 ram_range_count;
+static u8 user_stack[USER_STACK_SIZE] __attribute__((aligned(16)));
+
+/* ---- command line ---- */
+
+/*
+ * Ring 0 pays microseconds per instruction, so the scan works 8 bytes at a
+ * time: SWAR search for the next space/NUL, 8-byte key compares.
+ */
+#define ONES        0x0101010101010101UL
+#define HIGHS       0x8080808080808080UL
+#define SPACES      (ONES * ' ')
+
+static inline u64 load8(const char *p) { return *(const u64 *)p; }
+
+static inline u64 zero_bytes(u64 v) { return (v - ONES) & ~v & HIGHS; }
+
+/* Length of the word at s (up to the next ' ' or NUL). */
+static u32 word_len(const char *s)
+{
+    for (u32 n = 0;; n += 8) {
+        u64 v = load8(s + n);
+        u64 hit = zero_bytes(v) | zero_bytes(v ^ SPACES);
+        if (hit)
+            return n + (u32)(__builtin_ctzl(hit) >> 3);
+    }
+}
+
+/* Does the word (length n) start with key (length k)? */
+static int has_prefix(const char *w, u32 n, const char *key, u32 k)
+{
+    if (n < k)
+        return 0;
+    for (u32 i = 0; i < k; i += 8) {
+        u32 left = k - i;
+        u64 mask = left >= 8 ? ~0UL : (1UL << (8 * left)) - 1;
+        if ((load8(w + i) ^ load8(key + i)) & mask)
+            return 0;
+    }
+    return 1;
+}
+
+static u64 parse_dec(const char *p, const char *end)
+{
+    u64 v = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (u64)(*p - '0');
+    return v;
+}
+
+/* Keys padded to 16 bytes so the 8-byte loads stay inside the literal. */
+static const char key_ticks[16] = "volt.ticks=";
+static const char key_tick_ms[16] = "volt.tick_ms=";
+static const char key_mem[16] = "volt.mem=";
+static const char key_poweroff[16] = "volt.poweroff";
+
+static void parse_cmdline(const char *s)
+{
+    while (*s) {
+        if (*s == ' ') {
+            s++;
+            continue;
+        }
+        u32 n = word_len(s);
+        const char *end = s + n;
+        if (has_prefix(s, n, key_ticks, 11)) {
+            cfg.ticks = parse_dec(s + 11, end);
+            cfg.ticks_given = 1;
+        } else if (has_prefix(s, n, key_tick_ms, 13)) {
+            u64 v = parse_dec(s + 13, end);
+            cfg.tick_ms = v ? v : 1;
+        } else if (has_prefix(s, n, key_mem, 9)) {
+            cfg.mem_mib = parse_dec(s + 9, end);
+        } else if (n == 13 && has_prefix(s, n, key_poweroff, 13)) {
+            cfg.poweroff = 1;
+        }
+        s = end;
+    }
+}
+
+/* ---- memory map: report highest RAM end below 4 GiB + RAM above 4 GiB ---- */
+
+static void read_memmap(const struct hvm_start_info *si)
+{
+    u64 low_top = 0, high = 0;
+    if (si->version >= 1 && si->memmap_paddr) {
+        const struct hvm_memmap_entry *e = (const void *)si->memmap_paddr;
+        for (u32 i = 0; i < si->memmap_entries; i++) {
+            if (e[i].type != E820_RAM)
+                continue;
+            u64 end = e[i].addr + e[i].size;
+            if (end <= FOUR_GIB)
+                low_top = end > low_top ? end : low_top;
+            else
+                high += end - (e[i].addr > FOUR_GIB ? e[i].addr : FOUR_GIB);
+            if (ram_range_count < 8) {
+                ram_ranges[ram_range_count][0] = e[i].addr;
+                ram_ranges[ram_range_count++][1] = end;
+            }
+        }
+    }
+    platform.mem_mib = (low_top + high + MIB / 2) / MIB;
+}
+
+static int ram_contains(u64 start, u64 end)
+{
+    for (u32 i = 0; i < ram_range_count; i++)
+        if (ram_ranges[i][0] <= start && end <= ram_ranges[i][1])
+            return 1;
+    return 0;
+}
+
+/* ---- interrupts ---- */
+
+static void arm_next_tick(void)
+{
+    /* From the current TSC: after a restore the TSC has jumped, and no catch-up burst follows. */
+    apic_arm_deadline(rdtsc() + tick_period_tsc);
+}
+
+static void on_timer(void)
+{
+    if (!ticking)
+        return;
+    tick_count++;
+    struct line l;
+    l.len = 0;
+    line_str(&l, "tick ");
+    line_dec(&l, tick_count);
+    line_str(&l, " clock_ms=");
+    line_dec(&l, clock_ms());
+    line_emit(&l);
+    if (cfg.ticks && tick_count >= cfg.ticks) {
+        ticking = 0;
+        if (cfg.poweroff) {
+            apic_eoi();
+            acpi_poweroff();
+        }
+        return;
+    }
+    arm_next_tick();
+}
+
+static void on_keyboard(void)
+{
+    for (int i = 0; i < I8042_DRAIN_MAX && (inb(I8042_STATUS) & I8042_OBF); i++) {
+        u8 code = inb(I8042_DATA);
+        if (code == SCANCODE_EXTENDED) {
+            kbd_extended = 1;
+            continue;
+        }
+        if (kbd_extended && (code == SCANCODE_DELETE || code == SCANCODE2_DELETE)) {
+            print("VOLT-CTRL-ALT-DEL");
+            apic_eoi();
+            acpi_poweroff();
+        }
+        kbd_extended = 0;
+    }
+}
+
+/* Ring 3 prints one line: rdi = string, rsi = length (newline included by the caller). */
+static void on_syscall(struct trap_frame *f)
+{
+    serial_write((const char *)f->rdi, (u32)(f->rsi < 256 ? f->rsi : 256));
+}
+
+/*
+ * PVM delivers a ring-3 "int 0x80" as #UD with rip at the instruction (and
+ * ring-3 syscall lands in the kernel still at CPL 3), so #UD on "cd 80" from
+ * ring 3 is the same system call; hardware KVM and QEMU use the DPL-3 gate.
+ */
+static int emulate_int80(struct trap_frame *f)
+{
+    const u8 *ip = (const u8 *)f->rip;
+    if ((f->cs & 3) != 3 || ip[0] != INT_OPCODE || ip[1] != SYSCALL_VECTOR)
+        return 0;
+    on_syscall(f);
+    f->rip += 2;
+    return 1;
+}
+
+static __attribute__((noreturn)) void panic(struct trap_frame *f)
+{
+    struct line l;
+    l.len = 0;
+    line_str(&l, "VOLT-PANIC vector=");
+    line_dec(&l, f->vector);
+    line_str(&l, " rip=");
+    line_hex(&l, f->rip, 0);
+    line_str(&l, " err=");
+    line_hex(&l, f->error, 0);
+    line_emit(&l);
+    acpi_poweroff();
+}
+
+void trap(struct trap_frame *f)
+{
+    switch (f->vector) {
+    case TIMER_VECTOR:
+        on_timer();
+        apic_eoi();
+        break;
+    case KBD_VECTOR:
+        on_keyboard();
+        apic_eoi();
+        break;
+    case WAKE_VECTOR:
+        apic_eoi();
+        break;
+    case SYSCALL_VECTOR:
+        on_syscall(f);
+        break;
+    case SPURIOUS_VECTOR:
+        break;                       /* no EOI for spurious interrupts */
+    case UD_VECTOR:
+        if (!emulate_int80(f))
+            panic(f);
+        break;
+    default:
+        if (f->vector < 32)
+            panic(f);
+        apic_eoi();
+        break;
+    }
+}
+
+/* ---- APs ---- */
+
+void ap_main(void)
+{
+    apic_init_ap();
+    struct line l;
+    l.len = 0;
+    line_str(&l, "cpu ");
+    line_dec(&l, apic_id());
+    line_str(&l, " up");
+    line_emit(&l);
+    __atomic_add_fetch(&ap_up_count, 1, __ATOMIC_SEQ_CST);
+    apic_send_ipi(bsp_apic_id, WAKE_VECTOR | (0u << 8));
+    halt_forever();
+}
+
+/* Halt until every AP reported (each sends WAKE_VECTOR) or AP_WAIT_MS passed. */
+static void wait_for_aps(u32 expected)
+{
+    u64 deadline = rdtsc() + AP_WAIT_MS * tsc_per_ms();
+    apic_arm_deadline(deadline);
+    while (ap_up_count < expected && (s64)(rdtsc() - deadline) < 0)
+        __asm__ volatile("sti; hlt; cli" ::: "memory");
+    apic_arm_deadline(0);
+}
+
+/* ---- BSP ---- */
+
+static void start_memory_workload(void)
+{
+    u64 bytes = cfg.mem_mib * MIB;
+    if (!ram_contains(MEM_REGION_BASE, MEM_REGION_BASE + bytes)) {
+        struct line l;
+        l.len = 0;
+        line_str(&l, "mem-ERROR volt.mem=");
+        line_dec(&l, cfg.mem_mib);
+        line_str(&l, " does not fit in RAM above 16 MiB");
+        line_emit(&l);
+        return;
+    }
+    enter_user((void *)user_main, user_stack + USER_STACK_SIZE,
+               MEM_REGION_BASE, bytes, MEM_REPORT_MS * tsc_per_ms());
+}
+
+void kmain(u32 start_info_paddr)
+{
+    u64 entry_tsc = rdtsc();
+    const struct hvm_start_info *si = (const void *)(u64)start_info_paddr;
+    serial_init();
+    clock_init(entry_tsc);
+    if (si->magic != HVM_START_MAGIC) {
+        print("VOLT-PANIC bad hvm_start_info magic");
+        halt_forever();
+    }
+    if (si->cmdline_paddr)
+        parse_cmdline((const char *)si->cmdline_paddr);
+    read_memmap(si);
+    acpi_init(si->rsdp_paddr);
+    apic_init_bsp();
+    bsp_apic_id = apic_id();
+    ioapic_route_keyboard(bsp_apic_id);
+
+    u32 cpus = platform.cpu_count ? platform.cpu_count : 1;
+    if (cpus > 1) {
+        apic_start_aps(bsp_apic_id);
+        wait_for_aps(cpus - 1);
+    }
+
+    struct line l;
+    l.len = 0;
+    line_str(&l, "VOLT-READY uptime_ms=");
+    line_dec(&l, clock_ms());
+    line_str(&l, " cpus=");
+    line_dec(&l, cpus);
+    line_str(&l, " mem_mib=");
+    line_dec(&l, platform.mem_mib);
+    line_emit(&l);
+
+    if (cfg.poweroff && !(cfg.ticks_given && cfg.ticks))
+        acpi_poweroff();
+    if (cfg.ticks_given) {
+        tick_period_tsc = cfg.tick_ms * tsc_per_ms();
+        ticking = 1;
+        arm_next_tick();
+    }
+    if (cfg.mem_mib)
+        start_memory_workload();
+    for (;;)
+        __asm__ volatile("sti; hlt" ::: "memory");
+}
