@@ -11,10 +11,13 @@ virtio-mmio windows. Layouts follow the ACPI 6.5 specification, section 5.2.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from volt_spec.boot import aml, layout
+
+# Boot path: no `dataclasses` (it pulls in `inspect`), `typing` or `collections`.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # Table header identity (5.2.6).
 OEM_ID = b"VOLT  "
@@ -113,23 +116,69 @@ COM1_PORT_COUNT = 8
 STA_PRESENT_ENABLED_SHOWN_OK = 0x0F
 
 
-@dataclass(frozen=True)
-class VirtioMmioDesc:
+class _Record:
+    """A small immutable record: the frozen-dataclass behaviour we use, without the import.
+
+    Subclasses list their fields in `__slots__`; the constructor takes them
+    positionally or by keyword, and equality/repr/hash go by those fields.
+    """
+
+    __slots__ = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, field) for field in self.__slots__)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class VirtioMmioDesc(_Record):
     """One virtio-mmio window and its interrupt, as the DSDT describes it."""
+
+    __slots__ = ("addr", "size", "irq")
 
     addr: int
     size: int
     irq: int
 
+    def __init__(self, addr: int, size: int, irq: int) -> None:
+        object.__setattr__(self, "addr", addr)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "irq", irq)
 
-@dataclass(frozen=True)
-class AcpiTables:
+
+class AcpiTables(_Record):
     """The tables as one blob to copy to guest memory at `base`."""
+
+    __slots__ = ("base", "blob", "rsdp_addr", "tables")
 
     base: int
     blob: bytes
     rsdp_addr: int
     tables: dict[str, tuple[int, int]]
+
+    def __init__(
+        self, base: int, blob: bytes, rsdp_addr: int, tables: dict[str, tuple[int, int]]
+    ) -> None:
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "blob", blob)
+        object.__setattr__(self, "rsdp_addr", rsdp_addr)
+        object.__setattr__(self, "tables", tables)
 
 
 def checksum(data: bytes) -> int:

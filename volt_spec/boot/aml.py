@@ -10,7 +10,11 @@ by concatenation. References are to the ACPI 6.5 specification, chapter 20
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+
+# Boot path: `collections.abc` only for type checkers (no `typing` import either).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Data object and namespace opcodes (ACPI 6.5, 20.2.3 / 20.2.5).
 ZERO_OP = 0x00

@@ -15,8 +15,12 @@ continues instead of spinning forever.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+# Boot path: no `typing`, `collections` or `dataclasses` at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from volt_spec.devices.states import AcpiSleepState
 
 CONTROL_OFFSET = 0
 STATUS_OFFSET = 1
@@ -30,11 +34,12 @@ SLP_EN = 0x20
 WAK_STS = 0x80
 
 
-@dataclass(frozen=True)
-class AcpiSleepState:
-    """Only WAK_STS persists; the control register reads as zero."""
-
-    wak_sts: bool = False
+def __getattr__(name: str) -> object:
+    """Lazily re-export `AcpiSleepState` (PEP 562), keeping `dataclasses` off the boot path."""
+    if name == "AcpiSleepState":
+        from volt_spec.devices.states import AcpiSleepState
+        return AcpiSleepState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def slp_typ(control: int) -> int:
@@ -73,6 +78,7 @@ class AcpiSleep:
         self._wak_sts = True
 
     def save(self) -> AcpiSleepState:
+        from volt_spec.devices.states import AcpiSleepState
         return AcpiSleepState(wak_sts=self._wak_sts)
 
     def restore(self, state: AcpiSleepState) -> None:

@@ -16,35 +16,51 @@ uses a dict from port to slot, MMIO a sorted list searched with bisect.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from volt_spec.boot import layout
+
+# Boot path: no `typing`, `collections` or `dataclasses` at run time. The device
+# protocols exist for type checkers only; at run time a device is "wide" when it
+# has `read_access` and `write_access` (what `runtime_checkable` checked anyway).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol, TypeAlias
+
+    class ByteDevice(Protocol):
+        """A device made of one-byte registers."""
+
+        def read(self, offset: int) -> int: ...
+
+        def write(self, offset: int, value: int) -> None: ...
+
+    class WideDevice(Protocol):
+        """A device that takes multi-byte accesses whole (little-endian data)."""
+
+        def read_access(self, offset: int, size: int) -> bytes: ...
+
+        def write_access(self, offset: int, data: bytes) -> None: ...
+
+    Device: TypeAlias = ByteDevice | WideDevice
 
 PIO_SPACE = 1 << 16
 MMIO_SPACE = 1 << 64
 FLOAT = 0xFF          # what a read of an unclaimed byte returns
 
 
-class ByteDevice(Protocol):
-    """A device made of one-byte registers."""
-
-    def read(self, offset: int) -> int: ...
-
-    def write(self, offset: int, value: int) -> None: ...
-
-
-@runtime_checkable
-class WideDevice(Protocol):
-    """A device that takes multi-byte accesses whole (little-endian data)."""
-
-    def read_access(self, offset: int, size: int) -> bytes: ...
-
-    def write_access(self, offset: int, data: bytes) -> None: ...
+def is_wide(device: object) -> bool:
+    """True for a `WideDevice`: one that takes multi-byte accesses whole."""
+    return callable(getattr(device, "read_access", None)) and callable(
+        getattr(device, "write_access", None)
+    )
 
 
-Device = ByteDevice | WideDevice
+class Tally(dict[tuple[str, int], int]):
+    """Counts per key (`tally[key] += 1` starts at 0): `collections.Counter` without the import."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: tuple[str, int]) -> int:
+        return 0
 
 
 class Sink:
@@ -60,18 +76,40 @@ class Sink:
         pass
 
 
-@dataclass(frozen=True, slots=True)
 class Slot:
-    """One device mapped at [base, base + length)."""
+    """One device mapped at [base, base + length); immutable once made."""
+
+    __slots__ = ("base", "length", "end", "device", "wide")
 
     base: int
     length: int
+    end: int            # base + length, precomputed: read on every MMIO lookup
     device: Device
     wide: bool
 
-    @property
-    def end(self) -> int:
-        return self.base + self.length
+    def __init__(self, base: int, length: int, device: Device, wide: bool) -> None:
+        set_field = object.__setattr__
+        set_field(self, "base", base)
+        set_field(self, "length", length)
+        set_field(self, "end", base + length)
+        set_field(self, "device", device)
+        set_field(self, "wide", wide)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Slot is immutable (cannot set {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Slot):
+            return NotImplemented
+        return (self.base, self.length, self.device, self.wide) == (
+            other.base, other.length, other.device, other.wide)
+
+    def __hash__(self) -> int:
+        return hash((self.base, self.length, id(self.device), self.wide))
+
+    def __repr__(self) -> str:
+        return (f"Slot(base={self.base:#x}, length={self.length:#x}, "
+                f"device={type(self.device).__name__}, wide={self.wide})")
 
 
 class _Bus:
@@ -80,7 +118,7 @@ class _Bus:
     space: int = 0
 
     def __init__(self) -> None:
-        self.unknown: Counter[tuple[str, int]] = Counter()
+        self.unknown: Tally = Tally()      # (direction "r"/"w", address) -> accesses
 
     # Lookup structure, provided by subclasses.
     def _find(self, addr: int) -> Slot | None:
@@ -102,7 +140,7 @@ class _Bus:
                 f"{base:#x}+{length:#x} overlaps {type(clash.device).__name__} "
                 f"at {clash.base:#x}+{clash.length:#x}"
             )
-        self._add(Slot(base, length, device, isinstance(device, WideDevice)))
+        self._add(Slot(base, length, device, is_wide(device)))
 
     def lookup(self, addr: int) -> tuple[Device, int] | None:
         """The device owning `addr` and its base address, or None."""

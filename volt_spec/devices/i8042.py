@@ -16,13 +16,16 @@ the command byte enables keyboard interrupts.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-
 from volt_spec.boot import layout
-from volt_spec.devices.irq import IrqLine, pulse
+from volt_spec.devices.irq import pulse
+
+# Boot path: no `typing`, `collections`, `enum` or `dataclasses` at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from volt_spec.devices.irq import IrqLine
+    from volt_spec.devices.states import I8042State
 
 DATA_OFFSET = 0
 COMMAND_OFFSET = layout.I8042_CMD_PORT - layout.I8042_DATA_PORT    # 4
@@ -47,9 +50,10 @@ CTR_XLATE = 0x40
 DEFAULT_CTR = CTR_KBDINT | CTR_SYS | CTR_XLATE
 
 
+class Cmd:
+    """Controller commands written to port 0x64 (i8042.h I8042_CMD_*); a namespace of ints."""
 
-class Cmd(IntEnum):
-    """Controller commands written to port 0x64 (i8042.h I8042_CMD_*)."""
+    __slots__ = ()
 
     READ_CTR = 0x20
     WRITE_CTR = 0x60
@@ -82,9 +86,10 @@ AUX_TEST_CLOCK_LOW = 0x01     # "aux clock line stuck low": Linux then skips the
 OUTPORT_DEFAULT = 0x03        # bit 0 = CPU not in reset, bit 1 = A20 enabled
 
 
+class KbdCmd:
+    """Commands the guest sends to the keyboard through port 0x60 (atkbd.c ATKBD_CMD_*); ints."""
 
-class KbdCmd(IntEnum):
-    """Commands the guest sends to the keyboard through port 0x60 (atkbd.c ATKBD_CMD_*)."""
+    __slots__ = ()
 
     SET_LEDS = 0xED
     ECHO = 0xEE
@@ -113,16 +118,12 @@ CTRL_ALT_DEL = bytes([0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D])
 OUTPUT_LIMIT = 64             # bytes the controller queues for the guest; excess dropped
 
 
-@dataclass(frozen=True)
-class I8042State:
-    """Everything needed to resume the controller exactly; plain types only."""
-
-    ctr: int = DEFAULT_CTR
-    cmd_flag: bool = False        # STR_CMDDAT: last write was to the command port
-    outport: int = OUTPORT_DEFAULT
-    output: bytes = b""
-    pending_cmd: int = 0          # controller command waiting for its parameter (0 = none)
-    pending_kbd_cmd: int = 0      # keyboard command waiting for its parameter (0 = none)
+def __getattr__(name: str) -> object:
+    """Lazily re-export `I8042State` (PEP 562), keeping `dataclasses` off the boot path."""
+    if name == "I8042State":
+        from volt_spec.devices.states import I8042State
+        return I8042State
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class I8042:
@@ -134,7 +135,8 @@ class I8042:
         self._ctr = DEFAULT_CTR
         self._cmd_flag = False
         self._outport = OUTPORT_DEFAULT
-        self._output: deque[int] = deque()
+        # Output buffer. bytearray front deletion is O(1) in CPython (a start offset moves).
+        self._output = bytearray()
         self._pending_cmd = 0
         self._pending_kbd_cmd = 0
         self.dropped = 0
@@ -178,7 +180,8 @@ class I8042:
             case 0:
                 if not self._output:
                     return 0      # stale buffer; Linux checks OBF first
-                value = self._output.popleft()
+                value = self._output[0]
+                del self._output[0]
                 if self._output:
                     self._signal()    # the next byte is now visible
                 return value
@@ -289,6 +292,7 @@ class I8042:
     # -- persistence -------------------------------------------------------------
 
     def save(self) -> I8042State:
+        from volt_spec.devices.states import I8042State
         return I8042State(
             ctr=self._ctr, cmd_flag=self._cmd_flag, outport=self._outport,
             output=bytes(self._output), pending_cmd=self._pending_cmd,
@@ -305,7 +309,7 @@ class I8042:
         self._ctr = state.ctr
         self._cmd_flag = state.cmd_flag
         self._outport = state.outport
-        self._output = deque(state.output)
+        self._output = bytearray(state.output)
         self._pending_cmd = state.pending_cmd
         self._pending_kbd_cmd = state.pending_kbd_cmd
 

@@ -11,11 +11,15 @@ and ignored (the guest cannot move the host's clock).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
 
 from volt_spec.boot import layout
+
+# Boot path: no `typing`, `collections`, `enum` or `dataclasses` at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from volt_spec.devices.states import RtcState
 
 INDEX_OFFSET = 0
 DATA_OFFSET = layout.RTC_DATA_PORT - layout.RTC_INDEX_PORT    # 1
@@ -24,9 +28,10 @@ PORT_SPAN = DATA_OFFSET + 1
 INDEX_MASK = 0x7F         # bit 7 of the index write is the NMI-disable gate, not an index
 
 
+class Reg:
+    """CMOS register indexes (MC146818 datasheet; 0x32 is the IBM PC century byte); ints."""
 
-class Reg(IntEnum):
-    """CMOS register indexes (MC146818 datasheet; 0x32 is the IBM PC century byte)."""
+    __slots__ = ()
 
     SECONDS = 0x00
     MINUTES = 0x02
@@ -51,11 +56,12 @@ STATUS_B = STATUS_B_24H
 STATUS_D = 0x80
 
 
-@dataclass(frozen=True)
-class RtcState:
-    """The only guest-visible state is the selected index; time comes from the host."""
-
-    index: int = 0
+def __getattr__(name: str) -> object:
+    """Lazily re-export `RtcState` (PEP 562), keeping `dataclasses` off the boot path."""
+    if name == "RtcState":
+        from volt_spec.devices.states import RtcState
+        return RtcState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bcd(value: int) -> int:
@@ -118,6 +124,7 @@ class Rtc:
             self._index = value & INDEX_MASK
 
     def save(self) -> RtcState:
+        from volt_spec.devices.states import RtcState
         return RtcState(index=self._index)
 
     def restore(self, state: RtcState) -> None:

@@ -18,11 +18,15 @@ the VMM serialises calls (vCPU exits and host input) and owns the IRQ line.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from volt_spec.devices.irq import LevelLatch
 
-from volt_spec.devices.irq import IrqLine, LevelLatch
+# Boot path: no `typing`, `collections` or `dataclasses` at run time (see states.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from volt_spec.devices.irq import IrqLine
+    from volt_spec.devices.states import SerialState
 
 # Register offsets from the base port (datasheet table 2).
 DATA = 0          # RBR (read) / THR (write); DLL when LCR.DLAB = 1
@@ -91,20 +95,12 @@ DEFAULT_MCR = MCR_OUT2
 RX_LIMIT = 64 * 1024      # host input buffered at most; the rest is dropped and counted
 
 
-@dataclass(frozen=True)
-class SerialState:
-    """Everything needed to resume the UART exactly; plain types only."""
-
-    divisor: int = DEFAULT_DIVISOR
-    ier: int = 0
-    fcr: int = 0
-    lcr: int = DEFAULT_LCR
-    mcr: int = DEFAULT_MCR
-    msr_delta: int = 0
-    scr: int = 0
-    thre_pending: bool = False
-    rx: bytes = b""
-    dropped: int = 0
+def __getattr__(name: str) -> object:
+    """Lazily re-export `SerialState` (PEP 562), keeping `dataclasses` off the boot path."""
+    if name == "SerialState":
+        from volt_spec.devices.states import SerialState
+        return SerialState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _loopback_lines(mcr: int) -> int:
@@ -154,7 +150,8 @@ class Serial:
         self._msr_delta = 0
         self._scr = 0
         self._thre_pending = False
-        self._rx: deque[int] = deque()
+        # RX FIFO. bytearray front deletion is O(1) in CPython (it moves a start offset).
+        self._rx = bytearray()
         self.dropped = 0          # host input bytes lost because the buffer was full
 
     # -- predicates -------------------------------------------------------
@@ -197,7 +194,7 @@ class Serial:
             case 1 if self._dlab():
                 return self._divisor >> 8
             case 0:
-                value = self._rx.popleft() if self._rx else 0
+                value = self._pop_rx()
                 self._update_irq()
                 return value
             case 1:
@@ -279,6 +276,14 @@ class Serial:
         self._mcr = value & MCR_MASK
         self._msr_delta |= _msr_deltas(old_lines, _msr_lines(self._mcr))
 
+    def _pop_rx(self) -> int:
+        """The oldest received byte (0 when empty, as an idle RBR reads)."""
+        if not self._rx:
+            return 0
+        value = self._rx[0]
+        del self._rx[0]
+        return value
+
     def _push_rx(self, value: int) -> bool:
         if len(self._rx) >= RX_LIMIT:
             self.dropped += 1
@@ -310,6 +315,7 @@ class Serial:
     # -- persistence -------------------------------------------------------
 
     def save(self) -> SerialState:
+        from volt_spec.devices.states import SerialState
         return SerialState(
             divisor=self._divisor, ier=self._ier, fcr=self._fcr, lcr=self._lcr,
             mcr=self._mcr, msr_delta=self._msr_delta, scr=self._scr,
@@ -327,7 +333,7 @@ class Serial:
         self._msr_delta = state.msr_delta
         self._scr = state.scr
         self._thre_pending = state.thre_pending
-        self._rx = deque(state.rx)
+        self._rx = bytearray(state.rx)
         self.dropped = state.dropped
         self._update_irq()
 

@@ -11,6 +11,19 @@ import ctypes
 from ctypes import c_uint8 as u8, c_uint16 as u16, c_uint32 as u32, c_uint64 as u64, c_int32 as s32
 
 
+# Variable-length structs are built per size by the factories below; a ctypes class
+# costs tens of microseconds to create, so each size is made once and reused.
+_SIZED: dict[tuple[str, int], type[ctypes.Structure]] = {}
+
+
+def _sized(kind: str, n: int, fields: list[tuple[str, type]]) -> type[ctypes.Structure]:
+    """Build (once per `kind`/`n`) a Structure named `kind` + n with `fields`."""
+    cls = _SIZED.get((kind, n))
+    if cls is None:
+        cls = _SIZED[kind, n] = type(f"{kind}{n}", (ctypes.Structure,), {"_fields_": fields})
+    return cls
+
+
 class KvmRegs(ctypes.Structure):
     _fields_ = [(n, u64) for n in (
         "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
@@ -61,9 +74,9 @@ class KvmMsrsHeader(ctypes.Structure):
 
 
 def kvm_msrs(n: int) -> type[ctypes.Structure]:
-    """struct kvm_msrs with room for n entries."""
-    return type(f"KvmMsrs{n}", (ctypes.Structure,), {
-        "_fields_": [("nmsrs", u32), ("pad", u32), ("entries", KvmMsrEntry * n)]})
+    """struct kvm_msrs with room for n entries (one class per n, cached)."""
+    cls = _SIZED.get(("KvmMsrs", n))
+    return cls or _sized("KvmMsrs", n, [("nmsrs", u32), ("pad", u32), ("entries", KvmMsrEntry * n)])
 
 
 class KvmMsrListHeader(ctypes.Structure):
@@ -71,8 +84,9 @@ class KvmMsrListHeader(ctypes.Structure):
 
 
 def kvm_msr_list(n: int) -> type[ctypes.Structure]:
-    return type(f"KvmMsrList{n}", (ctypes.Structure,), {
-        "_fields_": [("nmsrs", u32), ("indices", u32 * n)]})
+    """struct kvm_msr_list with room for n indices (one class per n, cached)."""
+    cls = _SIZED.get(("KvmMsrList", n))
+    return cls or _sized("KvmMsrList", n, [("nmsrs", u32), ("indices", u32 * n)])
 
 
 class KvmCpuidEntry2(ctypes.Structure):
@@ -87,8 +101,10 @@ class KvmCpuid2Header(ctypes.Structure):
 
 
 def kvm_cpuid2(n: int) -> type[ctypes.Structure]:
-    return type(f"KvmCpuid2_{n}", (ctypes.Structure,), {
-        "_fields_": [("nent", u32), ("padding", u32), ("entries", KvmCpuidEntry2 * n)]})
+    """struct kvm_cpuid2 with room for n entries (one class per n, cached)."""
+    cls = _SIZED.get(("KvmCpuid2_", n))
+    return cls or _sized(
+        "KvmCpuid2_", n, [("nent", u32), ("padding", u32), ("entries", KvmCpuidEntry2 * n)])
 
 
 KVM_APIC_REG_SIZE = 0x400
@@ -123,9 +139,9 @@ class KvmXsave(ctypes.Structure):
 
 
 def kvm_xsave(size: int) -> type[ctypes.Structure]:
-    """A kvm_xsave with a total size of `size` bytes (>= 4096), for KVM_GET_XSAVE2."""
-    return type(f"KvmXsave{size}", (ctypes.Structure,), {
-        "_fields_": [("region", u32 * (max(size, 4096) // 4))]})
+    """A kvm_xsave with a total size of `size` bytes (>= 4096), for KVM_GET_XSAVE2 (cached)."""
+    cls = _SIZED.get(("KvmXsave", size))
+    return cls or _sized("KvmXsave", size, [("region", u32 * (max(size, 4096) // 4))])
 
 
 KVM_MAX_XCRS = 16
