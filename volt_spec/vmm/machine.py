@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
-import threading
+import _thread
+
+import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
 
 from ..boot import layout
 from ..kvm import exits as x
@@ -22,6 +23,7 @@ from ..kvm.vm import Vm
 from . import status
 from .config import VmConfig
 from .loader import BootPlan
+from .sync import Flag, Worker
 
 MSR_IA32_MISC_ENABLE = 0x1A0
 MISC_ENABLE_FAST_STRING = 1
@@ -82,13 +84,13 @@ class Machine:
         self.kvm = kvm
         self.config = config
         self.mem_size = config.memory_mib * layout.MiB
-        self.exit_event = threading.Event()
+        self.exit_event = Flag()
         self.exit_code: int | None = None
         self.exit_reason = ""
         self.vcpus: list[Vcpu] = []
-        self.threads: list[threading.Thread] = []
+        self.threads: list[Worker] = []
         self.out = out or StdoutSink()
-        self.bus_lock = threading.Lock()
+        self.bus_lock = _thread.allocate_lock()
 
         self.vm = Vm(kvm.create_vm())
         self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
@@ -96,9 +98,18 @@ class Machine:
         self.vm.create_irqchip()
         self.vm.create_pit2()
         self.memory = GuestMemory.anonymous(layout.ram_ranges(self.mem_size))
+        # KVM_SET_USER_MEMORY_REGION takes ~5 ms here, mostly in the kernel with the GIL released:
+        # run it beside the rest of the build and join before the first KVM_RUN.
+        self._memory_worker = Worker(self._register_memory)
+        self._make_devices()
+
+    def _register_memory(self) -> None:
         for slot, region in enumerate(self.memory.regions):
             self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
-        self._make_devices()
+
+    def wait_memory(self) -> None:
+        """Join the memory-slot thread; raise what it raised."""
+        self._memory_worker.join()
 
     # -- building ------------------------------------------------------------------------------
     def _make_devices(self) -> None:
@@ -177,13 +188,10 @@ class Machine:
 
     # -- running -------------------------------------------------------------------------------
     def start(self) -> None:
+        self.wait_memory()
         signal.signal(KICK_SIGNAL, lambda *_: None)
         for vcpu in self.vcpus:
-            t = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{vcpu.index}",
-                                 daemon=True)
-            self.threads.append(t)
-        for t in self.threads:
-            t.start()
+            self.threads.append(Worker(self._vcpu_loop, vcpu))
 
     def request_exit(self, code: int, reason: str) -> None:
         """Record the first reason the VM stops, wake the main thread and kick the vCPUs."""
@@ -194,7 +202,7 @@ class Machine:
         self.kick_all()
 
     def kick_all(self) -> None:
-        me = threading.get_ident()
+        me = _thread.get_ident()
         for vcpu, t in zip(self.vcpus, self.threads):
             vcpu.set_immediate_exit(True)
             if t.ident is not None and t.ident != me and t.is_alive():

@@ -7,8 +7,9 @@ os, struct, signal and threading (check with `python -X importtime`).
 from __future__ import annotations
 
 import os
-import signal
 import sys
+
+import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
 
 from . import status
 
