@@ -2,13 +2,251 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
-app = typer.Typer(help="Declarative lifecycle for KVM microVMs.", no_args_is_help=True,
-                  add_completion=False)
+from . import status_codes as rc
+
+app = typer.Typer(help="Declarative lifecycle for KVM microVMs: keep VM specs in YAML, apply them.",
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 guest_app = typer.Typer(help="The built-in test guest (a tiny PVH kernel of our own).",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(guest_app, name="guest")
+
+PATHS = typer.Argument(..., help="Spec files or directories (every *.yaml / *.yml in a directory).")
+OUTPUT = typer.Option("table", "-o", "--output", help="table, json or yaml.")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"volt: {message}", err=True)
+
+
+def _load(paths: list[str]):
+    """Load and check specs; print every error as file:line:col and exit 1 on any."""
+    from .schema import load_specs
+    specs, errors = load_specs(paths)
+    for e in errors:
+        typer.echo(str(e), err=True)
+    if errors:
+        raise typer.Exit(rc.INVALID)
+    return specs
+
+
+def _home():
+    from .runner.home import volt_home
+    return volt_home()
+
+
+@app.command("validate")
+def validate(paths: List[str] = PATHS) -> None:
+    """Check specs against the schema and the host; report every error as file:line:col.
+
+    Example: volt validate examples/vms/
+    """
+    from .schema import validate_command
+    raise typer.Exit(validate_command(paths))
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of a VM spec, for editors and CI.
+
+    Example: volt schema > vm.schema.json   (then: # yaml-language-server: $schema=vm.schema.json)
+    """
+    from .schema import schema_text
+    typer.echo(schema_text())
+
+
+@app.command("apply")
+def apply(paths: List[str] = PATHS,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
+          prune: bool = typer.Option(False, "--prune",
+                                     help="Delete VMs applied earlier from these paths that they no longer declare.")) -> None:
+    """Make the VMs declared in PATHS exist and match their specs (idempotent).
+
+    Prints one line per VM: created | unchanged | configured | replaced | restored | deleted.
+    Changing memory, vCPUs, kernel, initrd or cmdline replaces the VM; labels, power state
+    (spec.running) and snapshot policy are configured in place.
+
+    Example: volt apply examples/vms/hello.yaml
+    """
+    from .runner import apply as ap
+    specs = _load(paths)
+    home = _home()
+    applied_from = [str(Path(p).resolve()) for p in paths]
+    failed = False
+    for spec in specs:
+        if dry_run:
+            action, detail = ap.plan(spec, home)
+            result = ap.Result(spec.name, action, detail)
+        else:
+            result = ap.apply_one(spec, home, applied_from)
+        failed |= result.error is not None
+        typer.echo(result.line(dry_run))
+    if prune:
+        for name in ap.prunable(specs, home, applied_from):
+            result = ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
+            failed |= result.error is not None
+            typer.echo(result.line(dry_run))
+    raise typer.Exit(rc.FAILED if failed else rc.OK)
+
+
+@app.command("diff")
+def diff(paths: List[str] = PATHS) -> None:
+    """Show what `volt apply` would change, as a unified diff per VM.
+
+    Exit status as kubectl diff: 0 no changes, 1 changes, >1 an error.
+    Example: volt diff examples/vms/ || echo "apply would change something"
+    """
+    import difflib
+    from .runner import apply as ap
+    from .runner.home import VmDir
+    try:
+        from .schema import load_specs
+        specs, errors = load_specs(paths)
+    except Exception as e:  # noqa: BLE001
+        _err(str(e))
+        raise typer.Exit(rc.DIFF_ERROR)
+    for e in errors:
+        typer.echo(str(e), err=True)
+    if errors:
+        raise typer.Exit(rc.DIFF_ERROR)
+    home = _home()
+    changed = False
+    for spec in specs:
+        action, detail = ap.plan(spec, home)
+        if action == ap.UNCHANGED:
+            continue
+        changed = True
+        old = (VmDir(home, spec.name).read_applied() or {}).get("document")
+        old_text = json.dumps(old, indent=2, sort_keys=True).splitlines(keepends=True) if old else []
+        new_text = json.dumps(spec.document, indent=2, sort_keys=True).splitlines(keepends=True)
+        typer.echo(f"# vm/{spec.name}: would be {action}" + (f" ({detail})" if detail else ""))
+        sys.stdout.writelines(difflib.unified_diff(old_text, new_text, f"vm/{spec.name} (applied)",
+                                                   f"vm/{spec.name} ({spec.source})"))
+    raise typer.Exit(rc.DIFF_CHANGES if changed else rc.OK)
+
+
+@app.command("status")
+def status(name: Optional[str] = typer.Argument(None, help="One VM; all when omitted."),
+           output: str = OUTPUT) -> None:
+    """Show VMs: live state (checked now), size, uptime, how they booted, spec drift.
+
+    Example: volt status -o json | jq '.[] | select(.state == "failed")'
+    """
+    from .runner.status import collect
+    if output not in ("table", "json", "yaml"):
+        _err(f"-o must be table, json or yaml, not {output!r}")
+        raise typer.Exit(rc.USAGE)
+    rows = collect(_home(), name)
+    if name and not rows:
+        _err(f"no VM named {name!r} (volt status lists them all)")
+        raise typer.Exit(rc.FAILED)
+    _print_rows(rows, output)
+
+
+def _print_rows(rows: list[dict], output: str) -> None:
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+    elif output == "yaml":
+        from ruamel.yaml import YAML
+        yaml = YAML()
+        yaml.default_flow_style = False
+        yaml.dump(rows, sys.stdout)
+    else:
+        from .runner.status import table
+        typer.echo(table(rows))
+
+
+@app.command("delete")
+def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names or spec paths."),
+           all_: bool = typer.Option(False, "--all", help="Delete every VM."),
+           purge: bool = typer.Option(False, "--purge", help="Delete the VMs' snapshots too.")) -> None:
+    """Delete VMs (stopping them first). Their snapshots stay unless --purge.
+
+    Example: volt delete hello   |   volt delete examples/vms/pair.yaml   |   volt delete --all
+    """
+    from .runner import apply as ap
+    from .runner.home import all_vm_names
+    home = _home()
+    if all_:
+        names = all_vm_names(home)
+    elif targets:
+        names = []
+        for t in targets:
+            if Path(t).exists():
+                names += [s.name for s in _load([t])]
+            else:
+                names.append(t)
+    else:
+        _err("say which VMs: NAME..., a spec PATH, or --all")
+        raise typer.Exit(rc.USAGE)
+    failed = False
+    for n in names:
+        result = ap.delete(n, home, purge)
+        failed |= result.error is not None
+        typer.echo(result.line())
+    raise typer.Exit(rc.FAILED if failed else rc.OK)
+
+
+@app.command("stop")
+def stop(name: str = typer.Argument(..., help="The VM to stop."),
+         timeout: float = typer.Option(10.0, "--timeout", help="Seconds before a hard kill.")) -> None:
+    """Ask the guest to shut down (Ctrl-Alt-Del), kill it after --timeout.
+
+    The spec is not changed: the next `volt apply` starts it again. To keep it
+    down, set `spec.running: false` and apply.
+    Example: volt stop hello
+    """
+    from .runner import vmctl
+    from .runner.home import VmDir
+    vm_dir = VmDir(_home(), name)
+    if not vm_dir.exists():
+        _err(f"no VM named {name!r}")
+        raise typer.Exit(rc.FAILED)
+    with vm_dir.lock():
+        how = vmctl.stop(vm_dir, timeout)
+    typer.echo(f"vm/{name} stopped ({how})")
+
+
+@app.command("logs")
+def logs(name: str = typer.Argument(..., help="The VM whose serial console to show."),
+         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new output."),
+         tail: int = typer.Option(-1, "--tail", help="Only the last N lines (-1: all).")) -> None:
+    """Print a VM's serial console log (capped at 1 MiB per file, rotated once).
+
+    Example: volt logs hello -f
+    """
+    from .runner.home import VmDir
+    from .runner.logs import print_log
+    vm_dir = VmDir(_home(), name)
+    if not vm_dir.exists():
+        _err(f"no VM named {name!r}")
+        raise typer.Exit(rc.FAILED)
+    print_log(vm_dir, follow, tail)
+
+
+@app.command("console")
+def console(name: str = typer.Argument(..., help="The VM to attach to.")) -> None:
+    """Attach to a VM's serial console; detach with Ctrl-].
+
+    Example: volt console hello
+    """
+    from .runner.home import VmDir
+    from .runner.logs import attach_console
+    vm_dir = VmDir(_home(), name)
+    if not vm_dir.exists():
+        _err(f"no VM named {name!r}")
+        raise typer.Exit(rc.FAILED)
+    try:
+        attach_console(vm_dir)
+    except OSError as e:
+        _err(f"cannot attach to vm/{name}: {e.strerror or e} (is it running? see volt status {name})")
+        raise typer.Exit(rc.FAILED)
 
 
 @guest_app.command("build")
@@ -21,8 +259,8 @@ def guest_build(force: bool = typer.Option(False, "--force", help="Rebuild even 
     try:
         typer.echo(build_guest(force=force))
     except GuestBuildError as e:
-        typer.echo(f"volt: {e}", err=True)
-        raise typer.Exit(1)
+        _err(str(e))
+        raise typer.Exit(rc.FAILED)
 
 
 @app.command("host")
@@ -41,10 +279,14 @@ def host_info() -> None:
     try:
         kvm = Kvm()
     except KvmUnavailable as e:
-        typer.echo(f"volt: {e}", err=True)
-        raise typer.Exit(1)
+        _err(str(e))
+        raise typer.Exit(rc.FAILED)
     typer.echo(f"max vcpus per VM: {kvm.max_vcpus()}")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)

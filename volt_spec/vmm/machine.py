@@ -32,6 +32,24 @@ APIC_LVT1 = 0x360
 APIC_MODE_NMI = 0x4
 APIC_MODE_EXTINT = 0x7
 KICK_SIGNAL = signal.SIGUSR1
+PAUSE_TIMEOUT_S = 5.0
+
+# VM lifecycle (cloud-hypervisor style): one table of legal transitions.
+NOT_STARTED, RUNNING, PAUSED, STOPPED = "NotStarted", "Running", "Paused", "Stopped"
+VALID_TRANSITIONS = {
+    NOT_STARTED: (RUNNING, STOPPED),
+    RUNNING: (PAUSED, STOPPED),
+    PAUSED: (RUNNING, STOPPED),
+    STOPPED: (),
+}
+
+
+class InvalidStateTransition(RuntimeError):
+    """A lifecycle request that is not legal in the VM's current state."""
+
+    def __init__(self, old: str, new: str) -> None:
+        super().__init__(f"the VM is {old}; it cannot become {new}")
+        self.old, self.new = old, new
 
 
 class KvmIrqLine:
@@ -67,8 +85,10 @@ class StdoutSink:
     def __init__(self, fd: int = 1) -> None:
         self.fd = fd
         self.broken = False
+        self.count = 0
 
     def __call__(self, data: bytes) -> None:
+        self.count += len(data)
         if self.broken:
             return
         try:
@@ -88,9 +108,16 @@ class Machine:
         self.exit_code: int | None = None
         self.exit_reason = ""
         self.vcpus: list[Vcpu] = []
+        self.exit_counts: list[int] = [0] * config.vcpus
         self.threads: list[Worker] = []
         self.out = out or StdoutSink()
         self.bus_lock = _thread.allocate_lock()
+        self.state = NOT_STARTED
+        self._state_lock = _thread.allocate_lock()
+        self._pause_requested = False
+        self._parked = 0
+        self._all_parked = Flag()
+        self._resume = Flag()
 
         self.vm = Vm(kvm.create_vm())
         self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
@@ -187,11 +214,57 @@ class Machine:
         vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
 
     # -- running -------------------------------------------------------------------------------
+    def _transition(self, new: str) -> None:
+        if new not in VALID_TRANSITIONS[self.state]:
+            raise InvalidStateTransition(self.state, new)
+        self.state = new
+
     def start(self) -> None:
         self.wait_memory()
         signal.signal(KICK_SIGNAL, lambda *_: None)
+        self._transition(RUNNING)
         for vcpu in self.vcpus:
             self.threads.append(Worker(self._vcpu_loop, vcpu))
+
+    def pause(self) -> None:
+        """Stop every vCPU outside KVM_RUN, with any pending I/O exit completed. Idempotent."""
+        with self._state_lock:
+            if self.state == PAUSED:
+                return
+            self._transition(PAUSED)
+            self._resume = Flag()
+            self._all_parked = Flag()
+            self._pause_requested = True
+            self.kick_all()
+            if not self._all_parked.wait(PAUSE_TIMEOUT_S):
+                self._pause_requested = False
+                self._resume.set()
+                self.state = RUNNING
+                raise RuntimeError(f"vCPUs did not pause within {PAUSE_TIMEOUT_S:g} s")
+
+    def resume(self) -> None:
+        """Let paused vCPUs run again. Idempotent."""
+        with self._state_lock:
+            if self.state == RUNNING:
+                return
+            self._transition(RUNNING)
+            self._pause_requested = False
+            for vcpu in self.vcpus:
+                vcpu.set_immediate_exit(False)
+            self._resume.set()
+
+    def _park(self, vcpu: Vcpu) -> None:
+        """In a vCPU thread after an interrupted KVM_RUN: wait here while the VM is paused."""
+        with self.bus_lock:
+            self._parked += 1
+            if self._parked == len(self.vcpus):
+                self._all_parked.set()
+        resume = self._resume
+        while not resume.wait(0.5):
+            if self.exit_event.is_set():
+                break
+        with self.bus_lock:
+            self._parked -= 1
 
     def request_exit(self, code: int, reason: str) -> None:
         """Record the first reason the VM stops, wake the main thread and kick the vCPUs."""
@@ -215,6 +288,22 @@ class Machine:
         with self.bus_lock:
             self.i8042.send_ctrl_alt_del()
 
+    def console_input(self, data: bytes) -> int:
+        """Host keystrokes into the UART's receive FIFO (raises its interrupt); bytes accepted."""
+        with self.bus_lock:
+            return self.serial.enqueue_input(data)
+
+    def pump_console_input(self, fd: int = 0) -> None:
+        """Feed fd (stdin) to the UART until EOF; runs in its own thread."""
+        while not self.exit_event.is_set():
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self.console_input(data)
+
     def _on_sleep(self, slp_typ: int) -> None:
         if slp_typ == layout.ACPI_S5_SLP_TYP:
             self._stopping(status.OK, "guest powered off")
@@ -232,9 +321,11 @@ class Machine:
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
         pio, mmio, lock = self.pio, self.mmio, self.bus_lock
+        counts, index = self.exit_counts, vcpu.index
         try:
             while not self.exit_event.is_set():
                 ex = vcpu.run()
+                counts[index] += 1
                 cls = type(ex)
                 if cls is x.IoOut:
                     with lock:
@@ -251,7 +342,12 @@ class Machine:
                         data = mmio.read(ex.addr, ex.size)
                     vcpu.complete_mmio_read(data)
                 elif cls is x.Interrupted:
-                    continue
+                    if self._pause_requested:
+                        self._park(vcpu)
+                    elif not self.exit_event.is_set():
+                        vcpu.set_immediate_exit(False)      # a stray kick: run on, unless a
+                        if self._pause_requested or self.exit_event.is_set():   # pause raced it
+                            vcpu.set_immediate_exit(True)
                 else:
                     self._fatal_exit(vcpu, ex)
                     return

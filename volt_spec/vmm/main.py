@@ -16,6 +16,7 @@ from . import status
 USAGE = """\
 usage: volt-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory MIB]
                 [--vcpus N] [--boot pvh|linux64] [--stop-timeout SECONDS]
+                [--api-sock PATH] [--name NAME]
 
 Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
 
@@ -28,7 +29,13 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
   --boot MODE       force pvh or linux64 instead of choosing by the kernel's format
   --stop-timeout S  on SIGTERM/SIGINT the guest gets Ctrl-Alt-Del and S seconds
                     (default 10) to power off before it is killed
+  --api-sock PATH   serve the HTTP API on this Unix socket (mode 0600) once the
+                    vCPUs run: GET /vm, PATCH /vm {"state": "Paused"|"Resumed"},
+                    PUT /actions {"action_type": "SendCtrlAltDel"}
+  --name NAME       the VM's name, reported by GET /vm
   --version         print the version and exit
+
+Bytes arriving on stdin go to the guest's serial port (COM1 receive).
 
 exit status: 0 guest powered off or reset, 1 bad input or host problem,
              2 bad command line, 3 guest crashed, 4 guest killed after --stop-timeout
@@ -38,7 +45,7 @@ example:
 """
 
 _OPTIONS = {"--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
-            "--boot": str, "--stop-timeout": float}
+            "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str}
 
 
 class UsageError(Exception):
@@ -104,12 +111,36 @@ def run(argv: list[str]) -> int:
         kvm = Kvm()
         kvm.require()
         config.check(host_memory_mib(), kvm.max_vcpus())
-        machine = boot(kvm, config)
+        machine, protocol = boot(kvm, config)
     except (VmmConfigError, KvmUnavailable, MissingCapability) as e:
         return fail(status.VMM_ERROR, str(e))
     except KvmError as e:
         return fail(status.VMM_ERROR, f"KVM refused to build the VM: {e}")
-    return supervise(machine, opts.get("stop_timeout", 10.0))
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        return fail(status.VMM_ERROR, f"internal error while building the VM: {type(e).__name__}: {e}")
+    from .sync import Worker
+    Worker(machine.pump_console_input, 0)
+    server = None
+    if "api_sock" in opts:
+        try:
+            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol)
+        except Exception as e:  # noqa: BLE001 - OSError, SocketInUse: one line either way
+            return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: "
+                                          f"{getattr(e, 'strerror', None) or e}")
+    try:
+        return supervise(machine, opts.get("stop_timeout", 10.0))
+    finally:
+        if server is not None:
+            server.close()
+
+
+def start_api(machine, path: str, name: str, protocol: str):
+    """Serve the HTTP API (after the vCPUs run, so it never delays the boot)."""
+    from ..api.server import ApiServer
+    from .api_handler import VmmApi
+    server = ApiServer(path, VmmApi(machine, name, protocol))
+    server.start()
+    return server
 
 
 def boot(kvm, config):
@@ -127,7 +158,7 @@ def boot(kvm, config):
     machine = Machine(kvm, config)
     machine.load(plan, acpi.blob, acpi.base)
     machine.start()
-    return machine
+    return machine, plan.protocol
 
 
 def supervise(machine, stop_timeout: float) -> int:

@@ -1,0 +1,164 @@
+"""`volt apply`: reconcile the machine to the specs, one VM at a time, like `kubectl apply`.
+
+Per VM the result is one of: created | unchanged | configured | replaced | restored | deleted.
+What needs a new VM (kernel, initrd, cmdline, memory, vCPUs, devices: the spec's
+machine hash) replaces it; everything else (labels, power state, policies) configures it.
+A failed start leaves the earlier state running: on a replace the old VM is brought back.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import vmctl
+from .home import VmDir, all_vm_names, write_json
+from .observe import FAILED, PAUSED, RUNNING, observe
+
+CREATED, UNCHANGED, CONFIGURED, REPLACED, RESTORED, DELETED = (
+    "created", "unchanged", "configured", "replaced", "restored", "deleted")
+
+
+class Result:
+    __slots__ = ("name", "action", "detail", "seconds", "error")
+
+    def __init__(self, name: str, action: str, detail: str = "", seconds: float = 0.0,
+                 error: str | None = None) -> None:
+        self.name, self.action, self.detail, self.seconds, self.error = name, action, detail, seconds, error
+
+    def line(self, dry_run: bool = False) -> str:
+        if self.error:
+            return f"vm/{self.name} failed: {self.error}"
+        text = f"vm/{self.name} {self.action}"
+        if self.detail:
+            text += f" ({self.detail})"
+        if dry_run:
+            return text + " (dry run)"
+        if self.action != UNCHANGED:
+            text += f" in {self.seconds * 1000:.0f} ms" if self.seconds < 10 else f" in {self.seconds:.1f} s"
+        return text
+
+
+def resolve(spec) -> dict:
+    """The concrete VM a spec asks for: builtin kernels built, paths absolute."""
+    kernel = spec.kernel
+    if kernel == "builtin:testguest":
+        from ..guest.build import build_guest
+        kernel = str(build_guest())
+    return {"kernel": kernel, "initrd": spec.initrd, "cmdline": spec.cmdline, "boot": spec.boot,
+            "memory_mib": spec.memory_mib, "vcpus": spec.vcpus, "serial_log": spec.serial_log}
+
+
+def applied_record(spec, vm: dict, applied_from: list[str]) -> dict:
+    return {"name": spec.name, "source": spec.source, "applied_from": applied_from,
+            "document": spec.document, "spec_hash": spec.spec_hash(), "machine_hash": spec.machine_hash(),
+            "running": spec.running, "labels": dict(spec.labels), "vm": vm,
+            "snapshots": spec.snapshots, "applied_at": time.time()}
+
+
+def plan(spec, home: Path) -> tuple[str, str]:
+    """(action, detail) that applying `spec` would take, without doing it."""
+    vm_dir = VmDir(home, spec.name)
+    applied = vm_dir.read_applied()
+    if applied is None:
+        return CREATED, "" if spec.running else "stopped"
+    obs = observe(vm_dir)
+    if applied.get("machine_hash") != spec.machine_hash():
+        return REPLACED, "machine changed: " + ", ".join(machine_changes(applied, spec)) if machine_changes(
+            applied, spec) else "machine changed"
+    if spec.running and obs["state"] == FAILED:
+        return REPLACED, f"was failed: {obs['reason']}"
+    if spec.running and obs["state"] not in (RUNNING, PAUSED):
+        return CONFIGURED, "started"
+    if not spec.running and obs["state"] in (RUNNING, PAUSED):
+        return CONFIGURED, "stopped"
+    if applied.get("spec_hash") != spec.spec_hash():
+        return CONFIGURED, ""
+    return UNCHANGED, ""
+
+
+def machine_changes(applied: dict, spec) -> list[str]:
+    old = applied.get("vm", {})
+    new = {"kernel": spec.kernel, "initrd": spec.initrd, "cmdline": spec.cmdline, "boot": spec.boot,
+           "memory_mib": spec.memory_mib, "vcpus": spec.vcpus}
+    names = {"memory_mib": "memory"}
+    changed = []
+    for key, value in new.items():
+        if key == "kernel" and value == "builtin:testguest":
+            continue
+        if old.get(key) != value:
+            changed.append(names.get(key, key))
+    return changed or ["kernel or device contents"]
+
+
+def apply_one(spec, home: Path, applied_from: list[str]) -> Result:
+    vm_dir = VmDir(home, spec.name)
+    t0 = time.monotonic()
+    with vm_dir.lock():
+        action, detail = plan(spec, home)
+        if action == UNCHANGED:
+            return Result(spec.name, UNCHANGED)
+        vm = resolve(spec)
+        old = vm_dir.read_applied()
+        try:
+            if action == CREATED:
+                vm_dir.path.mkdir(parents=True, exist_ok=True)
+                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
+                if spec.running:
+                    vmctl.start(vm_dir, vm)
+            elif action == REPLACED:
+                vmctl.stop(vm_dir, timeout=5.0)
+                if spec.running:
+                    vmctl.start(vm_dir, vm)
+                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
+            else:  # CONFIGURED
+                if detail == "stopped":
+                    vmctl.stop(vm_dir)
+                elif detail == "started":
+                    vmctl.start(vm_dir, vm)
+                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
+        except vmctl.VmStartError as e:
+            return Result(spec.name, action, error=str(e) + _rollback(vm_dir, old))
+    return Result(spec.name, action, detail, time.monotonic() - t0)
+
+
+def _rollback(vm_dir: VmDir, old: dict | None) -> str:
+    """Put back what was there before a failed start; say what happened."""
+    if old is None:
+        vm_dir.remove()
+        return "; nothing was created"
+    write_json(vm_dir.applied, old)
+    if old.get("running", True):
+        try:
+            vmctl.start(vm_dir, old["vm"])
+            return "; the previous VM was started again"
+        except vmctl.VmStartError as e:
+            return f"; the previous VM could not be restarted either: {e}"
+    return "; the previous spec is kept"
+
+
+def delete(name: str, home: Path, purge: bool = False) -> Result:
+    vm_dir = VmDir(home, name)
+    t0 = time.monotonic()
+    with vm_dir.lock():
+        if not vm_dir.exists():
+            return Result(name, DELETED, error="no such VM")
+        vmctl.stop(vm_dir, timeout=5.0)
+        vm_dir.remove()
+        if purge:
+            import shutil
+            shutil.rmtree(vm_dir.snapshots, ignore_errors=True)
+    return Result(name, DELETED, "snapshots purged" if purge else "", time.monotonic() - t0)
+
+
+def prunable(specs, home: Path, applied_from: list[str]) -> list[str]:
+    """VMs applied earlier from one of these paths that the paths no longer declare."""
+    wanted = {s.name for s in specs}
+    out = []
+    for name in all_vm_names(home):
+        if name in wanted:
+            continue
+        rec = VmDir(home, name).read_applied() or {}
+        if set(rec.get("applied_from", [])) & set(applied_from):
+            out.append(name)
+    return out

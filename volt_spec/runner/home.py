@@ -1,0 +1,124 @@
+"""Where volt keeps its state: $VOLT_HOME, one directory per VM, atomic writes, per-VM locks.
+
+    $VOLT_HOME/
+      vms/<name>/applied.json    the applied spec, its hashes and the path it was applied from
+      vms/<name>/instance.json   the running instance: supervisor and VMM pids, start times, sockets
+      vms/<name>/exit.json       how that instance ended (written by its supervisor)
+      vms/<name>/console.log     serial console (capped and rotated to console.log.1)
+      vms/<name>/api.sock        the VMM's HTTP API;  console.sock: the supervisor's console
+      locks/<name>.lock          flock(2) held while a command changes the VM
+      snapshots/<name>/<id>/     snapshots (they outlive the VM unless purged)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def volt_home() -> Path:
+    """$VOLT_HOME, else /var/lib/volt as root, else $XDG_STATE_HOME/volt (~/.local/state/volt)."""
+    env = os.environ.get("VOLT_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/volt")
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "volt"
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
+    if isinstance(data, str):
+        data = data.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+class VmDir:
+    """The files of one VM under $VOLT_HOME."""
+
+    def __init__(self, home: Path, name: str) -> None:
+        self.home, self.name = home, name
+        self.path = home / "vms" / name
+
+    applied = property(lambda self: self.path / "applied.json")
+    instance = property(lambda self: self.path / "instance.json")
+    exit_record = property(lambda self: self.path / "exit.json")
+    console_log = property(lambda self: self.path / "console.log")
+    api_sock = property(lambda self: self.path / "api.sock")
+    console_sock = property(lambda self: self.path / "console.sock")
+    supervisor_log = property(lambda self: self.path / "supervisor.log")
+    snapshots = property(lambda self: self.home / "snapshots" / self.name)
+
+    def exists(self) -> bool:
+        return self.applied.exists()
+
+    def read_applied(self) -> dict | None:
+        return read_json(self.applied)
+
+    def read_instance(self) -> dict | None:
+        return read_json(self.instance)
+
+    def read_exit(self) -> dict | None:
+        return read_json(self.exit_record)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextmanager
+    def lock(self):
+        """Serialise commands that change this VM (two applies never start it twice)."""
+        lock_path = self.home / "locks" / f"{self.name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def all_vm_names(home: Path) -> list[str]:
+    vms = home / "vms"
+    if not vms.is_dir():
+        return []
+    return sorted(p.name for p in vms.iterdir() if (p / "applied.json").exists())

@@ -1,0 +1,51 @@
+"""What a VM is doing right now, checked live every time (never from a stale cache)."""
+
+from __future__ import annotations
+
+import time
+
+from .home import VmDir
+from .procs import is_alive
+
+RUNNING, PAUSED, STOPPED, FAILED = "running", "paused", "stopped", "failed"
+
+
+def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
+    """{state, pid, uptime_s, reason, booted_from} for the VM's current instance.
+
+    running/paused: the VMM process (pid + start time, so a reused pid does not count)
+    is alive AND its API socket answers. failed: it died uncleanly, or is alive but deaf.
+    stopped: never started, stopped on purpose, or the guest powered off.
+    """
+    inst = vm_dir.read_instance()
+    applied = vm_dir.read_applied() or {}
+    out = {"state": STOPPED, "pid": None, "uptime_s": None, "reason": "",
+           "booted_from": None, "generation": None}
+    if not inst:
+        if applied and not applied.get("running", True):
+            out["reason"] = "spec.running is false"
+        return out
+    out["generation"] = inst.get("generation")
+    out["booted_from"] = inst.get("booted_from", "cold")
+    pid, ticks = inst.get("vmm_pid"), inst.get("vmm_start")
+    if is_alive(pid, ticks):
+        from ..api.client import ApiClient, ApiError, ApiUnavailable
+        out["pid"] = pid
+        out["uptime_s"] = round(time.time() - inst.get("started_at", time.time()), 1)
+        try:
+            vm = ApiClient(str(vm_dir.api_sock), timeout=api_timeout).get("/vm")
+        except (ApiUnavailable, ApiError) as e:
+            out.update(state=FAILED, reason=f"VMM alive but its API does not answer: {e}")
+            return out
+        out["state"] = PAUSED if vm.get("state") == "Paused" else RUNNING
+        out["booted_from"] = inst.get("booted_from") or vm.get("boot", {}).get("booted_from", "cold")
+        return out
+    ended = vm_dir.read_exit()
+    if ended and ended.get("generation") == inst.get("generation"):
+        out["reason"] = ended.get("reason", "")
+        clean = ended.get("clean", False)
+        stopped_on_purpose = inst.get("stop_requested", False)
+        out["state"] = STOPPED if (clean or stopped_on_purpose) else FAILED
+        return out
+    out.update(state=FAILED, reason="volt-vmm and its supervisor are gone without an exit record")
+    return out

@@ -1,0 +1,84 @@
+"""`volt status`: one row per VM, live state plus what was applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .home import VmDir, all_vm_names
+from .observe import observe
+
+
+def _age(seconds: float | None) -> str:
+    """42s, 5m12s, 3h05m, 2d03h."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
+    """in-sync / drifted per VM: does the spec file it came from still say what was applied?"""
+    from ..schema import load_specs
+    by_source: dict[str, list[tuple[str, dict]]] = {}
+    for name, rec in records:
+        by_source.setdefault(rec.get("source", ""), []).append((name, rec))
+    out = {}
+    for source, items in by_source.items():
+        current = {}
+        if source and Path(source).exists():
+            try:
+                specs, _ = load_specs([source])
+                current = {s.name: s.spec_hash() for s in specs}
+            except Exception:  # noqa: BLE001 - an unreadable spec counts as drift
+                current = {}
+        for name, rec in items:
+            out[name] = "in-sync" if current.get(name) == rec.get("spec_hash") else "drifted"
+    return out
+
+
+def collect(home: Path, only: str | None = None) -> list[dict]:
+    names = [only] if only else all_vm_names(home)
+    records = []
+    for name in names:
+        rec = VmDir(home, name).read_applied()
+        if rec:
+            records.append((name, rec))
+    drift = _drift(records)
+    rows = []
+    for name, rec in records:
+        vm_dir = VmDir(home, name)
+        obs = observe(vm_dir)
+        vm = rec.get("vm", {})
+        rows.append({
+            "name": name,
+            "state": obs["state"],
+            "vcpus": vm.get("vcpus"),
+            "memory_mib": vm.get("memory_mib"),
+            "uptime_s": obs["uptime_s"],
+            "pid": obs["pid"],
+            "booted_from": obs["booted_from"] or "-",
+            "last_snapshot": None,
+            "spec": drift.get(name, "drifted"),
+            "reason": obs["reason"],
+            "labels": rec.get("labels", {}),
+            "source": rec.get("source"),
+        })
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    from tabulate import tabulate
+    if not rows:
+        return "no VMs (volt apply SPEC creates one)"
+    body = [[r["name"], r["state"], r["vcpus"], f"{r['memory_mib']}Mi", _age(r["uptime_s"]),
+             r["pid"] or "-", r["booted_from"], r["last_snapshot"] or "-",
+             "in sync" if r["spec"] == "in-sync" else "drifted", r["reason"] or ""]
+            for r in rows]
+    return tabulate(body, headers=["NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED",
+                                   "LAST-SNAPSHOT", "SPEC", "REASON"], tablefmt="plain")

@@ -1,0 +1,119 @@
+"""Start and stop one VM's supervised VMM, and say what state it is in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .home import VmDir
+from .procs import is_alive, kill
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class VmStartError(RuntimeError):
+    """The VMM did not come up: the message is its own one-line reason."""
+
+
+def vmm_command() -> list[str]:
+    """The volt-vmm launcher installed beside this interpreter, else `python -m`."""
+    script = Path(sys.executable).parent / "volt-vmm"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "volt_spec.vmm.main"]
+
+
+def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
+    """volt-vmm's command line for a resolved VM description (see runner.apply.resolve)."""
+    args = ["--kernel", vm["kernel"], "--memory", str(vm["memory_mib"]), "--vcpus", str(vm["vcpus"]),
+            "--cmdline", vm["cmdline"], "--api-sock", str(vm_dir.api_sock), "--name", vm_dir.name]
+    if vm.get("initrd"):
+        args += ["--initrd", vm["initrd"]]
+    if vm.get("boot"):
+        args += ["--boot", vm["boot"]]
+    return args
+
+
+def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S) -> dict:
+    """Start a supervised VMM and wait until its API answers; returns its instance record."""
+    from ..api.client import ApiClient
+    vm_dir.path.mkdir(parents=True, exist_ok=True)
+    generation = f"{time.time_ns():x}"
+    for stale in (vm_dir.instance, vm_dir.exit_record):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+    cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, "--",
+           *vmm_command(), *vmm_args(vm, vm_dir)]
+    env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")
+    with open(os.devnull, "rb") as devnull, open(vm_dir.supervisor_log, "ab") as log:
+        subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True,
+                         close_fds=True, env=env)
+    client = ApiClient(str(vm_dir.api_sock), timeout=1.0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ended = vm_dir.read_exit()
+        if ended and ended.get("generation") == generation:
+            raise VmStartError(ended.get("reason") or "volt-vmm exited during start")
+        inst = vm_dir.read_instance()
+        if inst and inst.get("generation") == generation and client.ping():
+            return inst
+        time.sleep(0.01)   # polling the socket/exit record; the VMM reports through them
+    raise VmStartError(f"volt-vmm did not answer on {vm_dir.api_sock} within {timeout:g} s")
+
+
+def stop(vm_dir: VmDir, timeout: float = STOP_TIMEOUT_S) -> str:
+    """Ctrl-Alt-Del, wait up to `timeout`, then SIGKILL. Returns how it went."""
+    inst = vm_dir.read_instance()
+    if not inst or not is_alive(inst.get("vmm_pid"), inst.get("vmm_start")):
+        return "not running"
+    from ..api.client import ApiClient, ApiError, ApiUnavailable
+    from .home import write_json
+    pid, ticks = inst["vmm_pid"], inst.get("vmm_start")
+    write_json(vm_dir.instance, dict(inst, stop_requested=True))
+    try:
+        ApiClient(str(vm_dir.api_sock), timeout=2.0).put("/actions", {"action_type": "SendCtrlAltDel"})
+    except (ApiUnavailable, ApiError):
+        kill(pid, ticks, signal.SIGTERM)
+    if wait_gone(pid, ticks, timeout):
+        wait_exit_record(vm_dir, inst.get("generation"), 5.0)
+        return "powered off"
+    kill(pid, ticks, signal.SIGKILL)
+    wait_gone(pid, ticks, 5.0)
+    wait_exit_record(vm_dir, inst.get("generation"), 5.0)
+    return f"killed after {timeout:g} s"
+
+
+def kill_now(vm_dir: VmDir) -> None:
+    inst = vm_dir.read_instance()
+    if inst and is_alive(inst.get("vmm_pid"), inst.get("vmm_start")):
+        from .home import write_json
+        write_json(vm_dir.instance, dict(inst, stop_requested=True))
+    if inst and kill(inst.get("vmm_pid"), inst.get("vmm_start"), signal.SIGKILL):
+        wait_gone(inst["vmm_pid"], inst.get("vmm_start"), 5.0)
+        wait_exit_record(vm_dir, inst.get("generation"), 5.0)
+
+
+def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_alive(pid, ticks):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)   # waiting on another process's exit: no fd to block on
+    return True
+
+
+def wait_exit_record(vm_dir: VmDir, generation: str | None, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = vm_dir.read_exit()
+        if rec and rec.get("generation") == generation:
+            return rec
+        time.sleep(0.01)
+    return None
