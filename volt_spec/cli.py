@@ -176,10 +176,15 @@ def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names or
     if all_:
         names = all_vm_names(home)
     elif targets:
+        from .runner.home import VmDir
         names = []
         for t in targets:
             if Path(t).exists():
-                names += [s.name for s in _load([t])]
+                for s in _load([t]):       # a spec path: its VMs that exist (kubectl delete -f)
+                    if VmDir(home, s.name).exists():
+                        names.append(s.name)
+                    else:
+                        typer.echo(f"vm/{s.name} not found (skipped)")
             else:
                 names.append(t)
     else:

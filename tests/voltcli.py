@@ -1,0 +1,74 @@
+"""Drive the `volt` CLI as a user would: a real process, its own $VOLT_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEC = """apiVersion: volt/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  kernel:
+    path: builtin:testguest
+    cmdline: "{cmdline}"
+  vcpus: {vcpus}
+  memory: {memory}
+  running: {running}
+"""
+
+
+def spec_text(name: str, cmdline: str = "volt.ticks=0 volt.tick_ms=200", vcpus: int = 1,
+              memory: str = "128Mi", running: bool = True) -> str:
+    return SPEC.format(name=name, cmdline=cmdline, vcpus=vcpus, memory=memory,
+                       running="true" if running else "false")
+
+
+class Volt:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = dict(os.environ, VOLT_HOME=str(home))
+
+    def __call__(self, *args: str, check: int | None = 0, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "volt_spec", *args], env=self.env, text=True,
+                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if check is not None:
+            assert proc.returncode == check, (f"volt {' '.join(args)} exited {proc.returncode}\n"
+                                              f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+    def status(self, name: str | None = None) -> list[dict]:
+        out = self(*(["status", name] if name else ["status"]), "-o", "json").stdout
+        return json.loads(out)
+
+    def state(self, name: str) -> dict:
+        rows = self.status(name)
+        assert len(rows) == 1
+        return rows[0]
+
+    def wait_log(self, name: str, marker: str, timeout: float = 30.0) -> str:
+        """Wait until the VM's console log holds `marker` (the log file is the guest's output)."""
+        log = self.home / "vms" / name / "console.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if marker in text:
+                return text
+            time.sleep(0.05)   # the marker is written by another process; poll the file
+        raise AssertionError(f"{marker!r} not in vm/{name}'s console within {timeout}s:\n"
+                             + (log.read_text(errors='replace')[-2000:] if log.exists() else "(no log)"))
+
+    def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.state(name)
+            if row["state"] == state or time.monotonic() > deadline:
+                assert row["state"] == state, row
+                return row
+            time.sleep(0.05)

@@ -1,0 +1,5 @@
+"""`python -m volt_spec` is `volt`."""
+
+from .cli import main
+
+main()
