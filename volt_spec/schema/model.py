@@ -1,0 +1,140 @@
+"""`VmSpec`: one validated VM spec, normalised (defaults filled in, paths absolute), with hashes.
+
+`machine_hash` covers what needs a new VM when it changes (kernel and initrd by content, command
+line, boot protocol, vCPUs, memory, devices); `spec_hash` covers the whole document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..boot.layout import MiB
+from .files import BUILTIN_TESTGUEST, resolve
+from .sizes import duration_seconds, memory_bytes
+
+DEFAULT_MEMORY = "128Mi"
+DEFAULT_READY_MARKER = "VOLT-READY"     # guest/protocol.py READY_RE: the test guest's ready line
+DEFAULT_RETAIN_COUNT = 3
+_HASH_CHUNK = 1 << 20
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON bytes for hashing (sorted keys, no whitespace)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode()
+
+
+_content_cache: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: str | None) -> str | None:
+    """sha256 of a kernel/initrd file (cached by path, size and mtime).
+
+    builtin:testguest hashes as the guest's source digest; a vanished file as "missing".
+    """
+    if path is None:
+        return None
+    if path == BUILTIN_TESTGUEST:
+        from ..guest.build import source_digest
+        return f"testguest-src:{source_digest()}"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _content_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+        _content_cache[key] = h.hexdigest()
+    return _content_cache[key]
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """A validated VM: what the runner creates, compares and stores."""
+
+    name: str
+    labels: dict[str, str]
+    source: str                 # absolute path of the file it came from
+    kernel: str                 # absolute path, or "builtin:testguest"
+    initrd: str | None
+    cmdline: str
+    boot: str | None
+    vcpus: int
+    memory_mib: int
+    running: bool
+    serial_log: bool
+    snapshots: dict
+    devices: dict
+    document: dict              # the plain document as written
+
+    def __hash__(self) -> int:            # dict fields are unhashable; name + file identify a VM
+        return hash((self.name, self.source))
+
+    def machine_hash(self) -> str:
+        """sha256 over what needs a NEW VM when it changes."""
+        machine = {
+            "kernel": [self.kernel, content_hash(self.kernel)],
+            "initrd": [self.initrd, content_hash(self.initrd)],
+            "cmdline": self.cmdline, "boot": self.boot, "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib, "devices": self.devices,
+        }
+        return hashlib.sha256(canonical_json(machine)).hexdigest()
+
+    def spec_hash(self) -> str:
+        """sha256 over the canonical document and the machine hash."""
+        return hashlib.sha256(canonical_json([self.document, self.machine_hash()])).hexdigest()
+
+
+def _snapshots(raw: dict) -> dict:
+    triggers = []
+    for t in raw.get("triggers", []):
+        t = dict(t)
+        match t["trigger"]:
+            case "ready":
+                t.setdefault("marker", DEFAULT_READY_MARKER)
+            case "interval":
+                t["everySeconds"] = duration_seconds(t["every"])
+        triggers.append(t)
+    retain = dict(raw.get("retain", {}))
+    retain.setdefault("count", DEFAULT_RETAIN_COUNT)
+    retain.setdefault("maxAge", None)
+    retain["maxAgeSeconds"] = duration_seconds(retain["maxAge"]) if retain["maxAge"] else None
+    return {"restore": raw.get("restore", "latest"), "clock": raw.get("clock", "continue"),
+            "triggers": triggers, "retain": retain}
+
+
+def _devices(source: str, raw: dict) -> dict:
+    disks = [{"name": d["name"], "path": resolve(source, d["path"]),
+              "readOnly": d.get("readOnly", False), "root": d.get("root", False)}
+             for d in raw.get("disks", [])]
+    network = [{"name": n["name"], "tap": n["tap"], "mac": n.get("mac")}
+               for n in raw.get("network", [])]
+    return {"serial": {"log": raw.get("serial", {}).get("log", True)},
+            "disks": disks, "network": network}
+
+
+def build_spec(source: str, document: dict) -> VmSpec:
+    """A VmSpec from a document that passed both validation stages."""
+    source = os.path.abspath(source)
+    meta, spec = document["metadata"], document["spec"]
+    kernel = spec["kernel"]
+    path = kernel["path"]
+    initrd = kernel.get("initrd")
+    devices = _devices(source, spec.get("devices", {}))
+    return VmSpec(
+        name=meta["name"], labels=dict(meta.get("labels", {})), source=source,
+        kernel=path if path == BUILTIN_TESTGUEST else resolve(source, path),
+        initrd=resolve(source, initrd) if initrd else None,
+        cmdline=kernel.get("cmdline", ""), boot=kernel.get("boot"),
+        vcpus=spec.get("vcpus", 1),
+        memory_mib=memory_bytes(spec.get("memory", DEFAULT_MEMORY)) // MiB,
+        running=spec.get("running", True), serial_log=devices["serial"]["log"],
+        snapshots=_snapshots(spec.get("snapshots", {})), devices=devices, document=document,
+    )
