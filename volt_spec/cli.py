@@ -13,6 +13,9 @@ from . import status_codes as rc
 
 app = typer.Typer(help="Declarative lifecycle for KVM microVMs: keep VM specs in YAML, apply them.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+snapshots_app = typer.Typer(help="The snapshot catalogue: list, verify, delete.", no_args_is_help=True,
+                            rich_markup_mode=None)
+app.add_typer(snapshots_app, name="snapshots")
 guest_app = typer.Typer(help="The built-in test guest (a tiny PVH kernel of our own).",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(guest_app, name="guest")
@@ -82,7 +85,7 @@ def apply(paths: List[str] = PATHS,
     for spec in specs:
         if dry_run:
             action, detail = ap.plan(spec, home)
-            result = ap.Result(spec.name, action, detail)
+            result = ap.Result(spec.name, action, detail if action != ap.RESTORED else "")
         else:
             result = ap.apply_one(spec, home, applied_from)
         failed |= result.error is not None
@@ -252,6 +255,142 @@ def console(name: str = typer.Argument(..., help="The VM to attach to.")) -> Non
     except OSError as e:
         _err(f"cannot attach to vm/{name}: {e.strerror or e} (is it running? see volt status {name})")
         raise typer.Exit(rc.FAILED)
+
+
+def _vm_name(target: str) -> str:
+    """A VM name, or the single VM a spec file declares."""
+    if Path(target).is_file():
+        specs = _load([target])
+        if len(specs) != 1:
+            _err(f"{target} declares {len(specs)} VMs; name one of them: {', '.join(s.name for s in specs)}")
+            raise typer.Exit(rc.USAGE)
+        return specs[0].name
+    return target
+
+
+@app.command("snapshot")
+def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file that declares it."),
+             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>).")) -> None:
+    """Take a point-in-time snapshot of a running VM (memory and all device state).
+
+    The guest is paused only while its state and memory are copied; the command
+    returns once the snapshot is complete on disk. Prints its id, size on disk and
+    how long the guest was paused.
+    Example: volt snapshot hello --name warm
+    """
+    from .runner.home import VmDir
+    from .runner.snapshots import SnapshotCommandError, take
+    vm_name = _vm_name(target)
+    vm_dir = VmDir(_home(), vm_name)
+    if not vm_dir.exists():
+        _err(f"no VM named {vm_name!r}")
+        raise typer.Exit(rc.FAILED)
+    try:
+        with vm_dir.lock():
+            result = take(vm_dir, name)
+    except SnapshotCommandError as e:
+        _err(str(e))
+        raise typer.Exit(rc.FAILED)
+    typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on disk "
+               f"({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused {result['paused_ms']:.1f} ms")
+
+
+@app.command("restore")
+def restore(name: str = typer.Argument(..., help="The VM to replace by a restore."),
+            snapshot_id: Optional[str] = typer.Option(None, "--snapshot", help="Which snapshot (default: newest valid).")) -> None:
+    """Replace a VM by a restore of one of its snapshots (the current instance is stopped).
+
+    Example: volt restore hello --snapshot warm
+    """
+    from .runner import vmctl
+    from .runner.home import VmDir
+    from .runner.snapshots import list_snapshots
+    home = _home()
+    vm_dir = VmDir(home, name)
+    applied = vm_dir.read_applied()
+    if not applied:
+        _err(f"no VM named {name!r}")
+        raise typer.Exit(rc.FAILED)
+    rows = [r for r in list_snapshots(home, name) if r["valid"]]
+    if snapshot_id:
+        rows = [r for r in rows if r["id"] == snapshot_id]
+    if not rows:
+        _err(f"no valid snapshot {snapshot_id or ''} for vm/{name} (volt snapshots list {name})".replace("  ", " "))
+        raise typer.Exit(rc.FAILED)
+    snap = rows[-1]
+    import time
+    t0 = time.monotonic()
+    with vm_dir.lock():
+        vmctl.kill_now(vm_dir)
+        try:
+            vmctl.start(vm_dir, applied["vm"], restore_from=Path(snap["path"]),
+                        clock=(applied.get("snapshots") or {}).get("clock", "continue"))
+        except vmctl.VmStartError as e:
+            _err(f"vm/{name}: restore of {snap['id']} failed: {e}")
+            raise typer.Exit(rc.FAILED)
+    typer.echo(f"vm/{name} restored from {snap['id']} in {(time.monotonic() - t0) * 1000:.0f} ms")
+
+
+@snapshots_app.command("list")
+def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's snapshots."),
+                   output: str = OUTPUT) -> None:
+    """List snapshots (also those of deleted VMs), oldest first.
+
+    Example: volt snapshots list hello -o json
+    """
+    from .runner.snapshots import list_snapshots
+    rows = list_snapshots(_home(), vm)
+    if output == "json":
+        typer.echo(json.dumps([_snap_json(r) for r in rows], indent=2))
+    elif output == "yaml":
+        _print_rows([_snap_json(r) for r in rows], "yaml")
+    else:
+        from tabulate import tabulate
+        import time
+        body = [[r["id"], r["vm"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-",
+                 r["trigger"] or "-", f"{r['size_bytes'] / 1048576:.1f}Mi / {r['logical_bytes'] / 1048576:.0f}Mi",
+                 f"{r['paused_ms']:.1f}" if r["paused_ms"] is not None else "-",
+                 "yes" if r["valid"] else f"no: {r['reason']}"] for r in rows]
+        typer.echo(tabulate(body, headers=["ID", "VM", "CREATED", "TRIGGER", "SIZE (disk/logical)",
+                                           "PAUSED ms", "VALID"], tablefmt="plain") if rows else "no snapshots")
+
+
+def _snap_json(r: dict) -> dict:
+    return {k: r[k] for k in ("id", "vm", "created", "trigger", "size_bytes", "logical_bytes", "paused_ms",
+                              "valid", "reason", "path")}
+
+
+@snapshots_app.command("verify")
+def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot to check.")) -> None:
+    """Check a snapshot: the CRC of its state and the checksum of its memory file.
+
+    Example: volt snapshots verify hello-20261127-120000-ab12
+    """
+    from .runner.snapshots import find, summary
+    path = find(_home(), snapshot_id)
+    if path is None:
+        _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
+        raise typer.Exit(rc.FAILED)
+    row = summary(path, path.parent.name, deep=True)
+    if not row["valid"]:
+        typer.echo(f"snapshot {snapshot_id}: INVALID: {row['reason']}")
+        raise typer.Exit(rc.FAILED)
+    typer.echo(f"snapshot {snapshot_id}: ok (state CRC-64 and memory checksum match)")
+
+
+@snapshots_app.command("delete")
+def snapshots_delete(snapshot_id: str = typer.Argument(..., help="The snapshot to delete.")) -> None:
+    """Delete a snapshot.
+
+    Example: volt snapshots delete hello-20261127-120000-ab12
+    """
+    from .runner.snapshots import delete, find
+    path = find(_home(), snapshot_id)
+    if path is None:
+        _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
+        raise typer.Exit(rc.FAILED)
+    delete(path)
+    typer.echo(f"snapshot {snapshot_id} deleted")
 
 
 @guest_app.command("build")

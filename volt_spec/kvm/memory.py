@@ -20,10 +20,12 @@ class GuestMemoryError(ValueError):
 class MemoryRegion:
     """One contiguous guest-physical range backed by one host mapping."""
 
-    __slots__ = ("gpa", "size", "map", "host_addr", "_anchor")
+    __slots__ = ("gpa", "size", "map", "host_addr", "_anchor", "backing")
 
-    def __init__(self, gpa: int, size: int, mapping: mmap.mmap) -> None:
+    def __init__(self, gpa: int, size: int, mapping: mmap.mmap,
+                 backing: tuple[int, int] | None = None) -> None:
         self.gpa, self.size, self.map = gpa, size, mapping
+        self.backing = backing          # (file fd, offset) when mapped MAP_PRIVATE from a snapshot
         # SAFETY: the anchor keeps an export on the mapping, so it cannot be closed or
         # resized while KVM holds `host_addr` in a memory slot.
         self._anchor = ctypes.c_char.from_buffer(mapping)

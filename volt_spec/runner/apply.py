@@ -30,7 +30,9 @@ class Result:
         if self.error:
             return f"vm/{self.name} failed: {self.error}"
         text = f"vm/{self.name} {self.action}"
-        if self.detail:
+        if self.action == RESTORED:
+            text += f" {self.detail}"
+        elif self.detail:
             text += f" ({self.detail})"
         if dry_run:
             return text + " (dry run)"
@@ -91,7 +93,12 @@ def machine_changes(applied: dict, spec) -> list[str]:
     return changed or ["kernel or device contents"]
 
 
-def apply_one(spec, home: Path, applied_from: list[str]) -> Result:
+def _stderr(message: str) -> None:
+    import sys
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result:
     vm_dir = VmDir(home, spec.name)
     t0 = time.monotonic()
     with vm_dir.lock():
@@ -105,21 +112,48 @@ def apply_one(spec, home: Path, applied_from: list[str]) -> Result:
                 vm_dir.path.mkdir(parents=True, exist_ok=True)
                 write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
                 if spec.running:
-                    vmctl.start(vm_dir, vm)
+                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
             elif action == REPLACED:
                 vmctl.stop(vm_dir, timeout=5.0)
-                if spec.running:
-                    vmctl.start(vm_dir, vm)
                 write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
+                if spec.running:
+                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
             else:  # CONFIGURED
+                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
                 if detail == "stopped":
                     vmctl.stop(vm_dir)
                 elif detail == "started":
-                    vmctl.start(vm_dir, vm)
-                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
+                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
+                else:
+                    _configure_running(vm_dir, spec)
         except vmctl.VmStartError as e:
             return Result(spec.name, action, error=str(e) + _rollback(vm_dir, old))
     return Result(spec.name, action, detail, time.monotonic() - t0)
+
+
+def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tuple[str, str]:
+    """Restore the snapshot the spec asks for when there is a usable one, else cold boot."""
+    from .snapshots import pick_restore
+    snap, why_not = pick_restore(vm_dir, spec)
+    if snap is not None:
+        try:
+            vmctl.start(vm_dir, vm, restore_from=snap, clock=spec.snapshots.get("clock", "continue"))
+            return RESTORED, f"from {snap.name}"
+        except vmctl.VmStartError as e:
+            why_not = f"restore of {snap.name} refused: {e}"
+    if why_not:
+        warn(f"vm/{spec.name}: {why_not}; cold boot instead")
+    vmctl.start(vm_dir, vm)
+    return action, detail
+
+
+def _configure_running(vm_dir: VmDir, spec) -> None:
+    """Hand a running VM the parts of its spec it can take live (snapshot policy)."""
+    from ..api.client import ApiClient, ApiError, ApiUnavailable
+    try:
+        ApiClient(str(vm_dir.api_sock), timeout=2.0).put("/policy", {"snapshots": spec.snapshots})
+    except (ApiUnavailable, ApiError):
+        pass
 
 
 def _rollback(vm_dir: VmDir, old: dict | None) -> str:

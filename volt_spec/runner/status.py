@@ -42,6 +42,25 @@ def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
     return out
 
 
+def last_snapshot(vm_dir: VmDir) -> dict | None:
+    """The newest snapshot of a VM: {id, created, trigger} (read from its state.json)."""
+    import time
+    from ..snapshot.format import SnapshotError, read_state
+    folder = vm_dir.snapshots
+    if not folder.is_dir():
+        return None
+    snaps = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "state.json").exists()]
+    for snap in sorted(snaps, key=lambda p: (p / "state.json").stat().st_mtime, reverse=True):
+        try:
+            meta = read_state(str(snap)).get("meta", {})
+        except (SnapshotError, OSError):
+            continue
+        created = meta.get("created")
+        return {"id": snap.name, "created": created, "trigger": meta.get("trigger", "manual"),
+                "age_s": round(time.time() - created, 1) if created else None}
+    return None
+
+
 def collect(home: Path, only: str | None = None) -> list[dict]:
     names = [only] if only else all_vm_names(home)
     records = []
@@ -63,7 +82,7 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
             "uptime_s": obs["uptime_s"],
             "pid": obs["pid"],
             "booted_from": obs["booted_from"] or "-",
-            "last_snapshot": None,
+            "last_snapshot": last_snapshot(vm_dir),
             "spec": drift.get(name, "drifted"),
             "reason": obs["reason"],
             "labels": rec.get("labels", {}),
@@ -72,12 +91,18 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
     return rows
 
 
+def _snap_cell(snap: dict | None) -> str:
+    if not snap:
+        return "-"
+    return f"{_age(snap['age_s'])} ago ({snap['trigger']})"
+
+
 def table(rows: list[dict]) -> str:
     from tabulate import tabulate
     if not rows:
         return "no VMs (volt apply SPEC creates one)"
     body = [[r["name"], r["state"], r["vcpus"], f"{r['memory_mib']}Mi", _age(r["uptime_s"]),
-             r["pid"] or "-", r["booted_from"], r["last_snapshot"] or "-",
+             r["pid"] or "-", r["booted_from"], _snap_cell(r["last_snapshot"]),
              "in sync" if r["spec"] == "in-sync" else "drifted", r["reason"] or ""]
             for r in rows]
     return tabulate(body, headers=["NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED",

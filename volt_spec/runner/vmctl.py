@@ -39,8 +39,9 @@ def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
     return args
 
 
-def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S) -> dict:
-    """Start a supervised VMM and wait until its API answers; returns its instance record."""
+def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_from: Path | None = None,
+          clock: str = "continue") -> dict:
+    """Start a supervised VMM (booting, or restoring `restore_from`) and wait until its API answers."""
     from ..api.client import ApiClient
     vm_dir.path.mkdir(parents=True, exist_ok=True)
     generation = f"{time.time_ns():x}"
@@ -49,8 +50,13 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S) -> dict:
             stale.unlink()
         except FileNotFoundError:
             pass
+    if restore_from is not None:
+        args = ["--restore", str(restore_from), "--clock", clock, "--api-sock", str(vm_dir.api_sock),
+                "--name", vm_dir.name]
+    else:
+        args = vmm_args(vm, vm_dir)
     cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, "--",
-           *vmm_command(), *vmm_args(vm, vm_dir)]
+           *vmm_command(), *args]
     env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")
     with open(os.devnull, "rb") as devnull, open(vm_dir.supervisor_log, "ab") as log:
         subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True,

@@ -64,10 +64,101 @@ class VmmApi:
         raise ApiError(400, f"unknown action_type {action_type!r} (supported: SendCtrlAltDel)")
 
     def snapshot_create(self, body: dict) -> dict | None:
-        raise ApiError(400, "snapshots are not supported by this volt-vmm yet")
+        """Pause, save, resume (unless resume_vm is false); answer once it is complete on disk."""
+        from ..snapshot.create import create_snapshot
+        from ..snapshot.format import SnapshotError
+        resume = body.get("resume_vm", True)
+        meta = body.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ApiError(400, "meta must be an object")
+        try:
+            result = create_snapshot(self.machine, body["snapshot_path"], meta, resume=resume is not False)
+        except SnapshotError as e:
+            raise ApiError(400, str(e)) from None
+        except OSError as e:
+            raise ApiError(500, f"writing the snapshot failed: {e.strerror or e}") from None
+        self.last_snapshot = result
+        return result
 
     def snapshot_load(self, body: dict) -> dict | None:
         raise ApiError(400, "PUT /snapshot/load is only valid before boot, and this VM has booted")
 
     def route(self, method: str, path: str, body: dict | None) -> tuple[int, dict | None]:
         raise ApiError(404, f"no route for {method} {path}")
+
+
+class ConfigApi:
+    """The API of a volt-vmm started with --api-sock alone: configure, then boot or load a snapshot.
+
+    Legal only before the VM exists (Firecracker's pre-boot API). Once InstanceStart or
+    a snapshot load succeeds, `started` is set and main() swaps in `VmmApi`.
+    """
+
+    def __init__(self, kvm, opts: dict) -> None:
+        from .sync import Flag
+        self.kvm, self.opts = kvm, opts
+        self.boot_source: dict = {}
+        self.machine_config: dict = {"vcpu_count": 1, "mem_size_mib": 128}
+        self.started = Flag()
+        self.result = None
+
+    def get_vm(self) -> dict:
+        return {"name": self.opts.get("name", "vm"), "state": "NotStarted", "pid": os.getpid(),
+                "config": {"boot_source": self.boot_source, "machine_config": self.machine_config}}
+
+    def route(self, method: str, path: str, body: dict | None):
+        if path == "/boot-source" and method == "PUT":
+            self._once()
+            if not isinstance((body or {}).get("kernel_image_path"), str):
+                raise ApiError(400, "boot-source needs kernel_image_path")
+            self.boot_source = dict(body)
+            return 204, None
+        if path == "/machine-config" and method in ("PUT", "PATCH"):
+            self._once()
+            for key in ("vcpu_count", "mem_size_mib"):
+                if key in (body or {}) and not (isinstance(body[key], int) and body[key] > 0):
+                    raise ApiError(400, f"{key} must be a positive integer")
+            self.machine_config.update(body or {})
+            return 204, None
+        raise ApiError(404, f"no route for {method} {path}")
+
+    def _once(self) -> None:
+        if self.started.is_set():
+            raise ApiError(400, "the VM has already started")
+
+    def action(self, action_type: str, body: dict) -> None:
+        if action_type != "InstanceStart":
+            raise ApiError(400, f"before boot only InstanceStart is possible, not {action_type!r}")
+        self._once()
+        if not self.boot_source:
+            raise ApiError(400, "PUT /boot-source first")
+        from .config import VmmConfigError
+        from .main import boot, config_from
+        opts = {"kernel": self.boot_source["kernel_image_path"],
+                "initrd": self.boot_source.get("initrd_path"),
+                "cmdline": self.boot_source.get("boot_args", ""),
+                "memory": self.machine_config["mem_size_mib"], "vcpus": self.machine_config["vcpu_count"]}
+        try:
+            machine, protocol = boot(self.kvm, config_from(opts, self.kvm))
+        except (VmmConfigError, OSError, ValueError) as e:
+            raise ApiError(400, str(e)) from None
+        self.result = (machine, protocol, "cold")
+        self.started.set()
+
+    def snapshot_load(self, body: dict) -> dict | None:
+        self._once()
+        from ..snapshot.format import SnapshotError
+        from .main import restore
+        clock = body.get("clock", "continue")
+        try:
+            machine, protocol, booted_from = restore(self.kvm, body["snapshot_path"], clock)
+        except SnapshotError as e:
+            raise ApiError(400, str(e)) from None
+        if body.get("resume_vm") is False:
+            machine.pause()
+        self.result = (machine, protocol, booted_from)
+        self.started.set()
+        return None
+
+    def snapshot_create(self, body: dict) -> dict | None:
+        raise ApiError(400, "there is no VM to snapshot yet")

@@ -17,6 +17,9 @@ USAGE = """\
 usage: volt-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory MIB]
                 [--vcpus N] [--boot pvh|linux64] [--stop-timeout SECONDS]
                 [--api-sock PATH] [--name NAME]
+       volt-vmm --restore DIR [--clock continue|realtime] [--api-sock PATH]
+       volt-vmm --api-sock PATH                  (configure through the API)
+       volt-vmm --snapshot DIR --api-sock PATH   (snapshot a running VMM)
 
 Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
 
@@ -32,6 +35,14 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
   --api-sock PATH   serve the HTTP API on this Unix socket (mode 0600) once the
                     vCPUs run: GET /vm, PATCH /vm {"state": "Paused"|"Resumed"},
                     PUT /actions {"action_type": "SendCtrlAltDel"}
+                    (PUT /snapshot/create {"snapshot_path": DIR} takes a snapshot);
+                    given alone, volt-vmm waits to be configured through the API
+                    (PUT /boot-source, /machine-config, /actions InstanceStart, or
+                    PUT /snapshot/load {"snapshot_path": DIR})
+  --restore DIR     start from the snapshot in DIR instead of booting
+  --clock MODE      on --restore: continue (default: the guest's clock resumes where
+                    it stopped) or realtime (it advances by the time that passed)
+  --snapshot DIR    client mode: snapshot the VM behind --api-sock into DIR
   --name NAME       the VM's name, reported by GET /vm
   --version         print the version and exit
 
@@ -45,7 +56,8 @@ example:
 """
 
 _OPTIONS = {"--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
-            "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str}
+            "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
+            "--restore": str, "--snapshot": str, "--clock": str}
 
 
 class UsageError(Exception):
@@ -98,32 +110,53 @@ def run(argv: list[str]) -> int:
     if opts.get("version"):
         sys.stdout.write("volt-vmm 0.1.0\n")
         return status.OK
-    if "kernel" not in opts:
-        return fail(status.USAGE, "--kernel is required (see volt-vmm --help)")
+    if "snapshot" in opts:
+        return snapshot_client(opts)
+    if "kernel" not in opts and "restore" not in opts and "api_sock" not in opts:
+        return fail(status.USAGE, "--kernel (boot), --restore (from a snapshot) or --api-sock alone "
+                                  "(configure through the API) is required (see volt-vmm --help)")
+    if opts.get("clock", "continue") not in ("continue", "realtime"):
+        return fail(status.USAGE, "--clock must be continue or realtime")
 
     from ..kvm.errors import KvmError, MissingCapability
     from ..kvm.system import Kvm, KvmUnavailable
-    from .config import VmConfig, VmmConfigError, host_memory_mib
+    from ..snapshot.format import SnapshotError
+    from .config import VmmConfigError
 
-    config = VmConfig(kernel=opts["kernel"], initrd=opts.get("initrd"), cmdline=opts.get("cmdline", ""),
-                      memory_mib=opts.get("memory", 128), vcpus=opts.get("vcpus", 1), boot=opts.get("boot"))
     try:
         kvm = Kvm()
         kvm.require()
-        config.check(host_memory_mib(), kvm.max_vcpus())
-        machine, protocol = boot(kvm, config)
-    except (VmmConfigError, KvmUnavailable, MissingCapability) as e:
+        if "restore" in opts:
+            machine, protocol, booted_from = restore(kvm, opts["restore"], opts.get("clock", "continue"))
+        elif "kernel" in opts:
+            machine, protocol = boot(kvm, config_from(opts, kvm))
+            booted_from = "cold"
+        else:
+            return serve_unconfigured(kvm, opts)
+    except (VmmConfigError, KvmUnavailable, MissingCapability, SnapshotError) as e:
         return fail(status.VMM_ERROR, str(e))
     except KvmError as e:
         return fail(status.VMM_ERROR, f"KVM refused to build the VM: {e}")
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         return fail(status.VMM_ERROR, f"internal error while building the VM: {type(e).__name__}: {e}")
+    return serve(machine, opts, protocol, booted_from)
+
+
+def config_from(opts: dict, kvm):
+    from .config import VmConfig, host_memory_mib
+    config = VmConfig(kernel=opts["kernel"], initrd=opts.get("initrd"), cmdline=opts.get("cmdline", ""),
+                      memory_mib=opts.get("memory", 128), vcpus=opts.get("vcpus", 1), boot=opts.get("boot"))
+    config.check(host_memory_mib(), kvm.max_vcpus())
+    return config
+
+
+def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> int:
+    """The VM runs: feed stdin to its UART, serve the API, wait for it to stop."""
     from .sync import Worker
     Worker(machine.pump_console_input, 0)
-    server = None
-    if "api_sock" in opts:
+    if "api_sock" in opts and server is None:
         try:
-            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol)
+            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from)
         except Exception as e:  # noqa: BLE001 - OSError, SocketInUse: one line either way
             return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: "
                                           f"{getattr(e, 'strerror', None) or e}")
@@ -134,11 +167,11 @@ def run(argv: list[str]) -> int:
             server.close()
 
 
-def start_api(machine, path: str, name: str, protocol: str):
+def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "cold"):
     """Serve the HTTP API (after the vCPUs run, so it never delays the boot)."""
     from ..api.server import ApiServer
     from .api_handler import VmmApi
-    server = ApiServer(path, VmmApi(machine, name, protocol))
+    server = ApiServer(path, VmmApi(machine, name, protocol, booted_from))
     server.start()
     return server
 
@@ -159,6 +192,60 @@ def boot(kvm, config):
     machine.load(plan, acpi.blob, acpi.base)
     machine.start()
     return machine, plan.protocol
+
+
+def restore(kvm, snapshot_dir: str, clock: str = "continue"):
+    """Build the VM from a snapshot (memory mapped MAP_PRIVATE) and start the vCPUs."""
+    from ..snapshot.restore import check_compatible, load, restore_into
+    from .config import VmConfig
+    from .machine import Machine
+
+    state, memory = load(snapshot_dir)
+    meta, bootinfo = state["meta"], state.get("boot", {})
+    config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
+                      cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
+                      vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
+    machine = Machine(kvm, config, memory=memory)
+    from ..snapshot.vcpu_state import xsave_size
+    check_compatible(state, snapshot_dir, xsave_size(kvm))
+    machine.wait_memory()
+    restore_into(machine, state, clock)
+    machine.start()
+    snap_id = os.path.basename(os.path.normpath(snapshot_dir))
+    return machine, bootinfo.get("boot") or "snapshot", f"snapshot {snap_id}"
+
+
+def serve_unconfigured(kvm, opts: dict) -> int:
+    """Firecracker's mode: no VM until the API configures one (boot source + InstanceStart, or a snapshot load)."""
+    from ..api.server import ApiServer
+    from .api_handler import ConfigApi, VmmApi
+    handler = ConfigApi(kvm, opts)
+    try:
+        server = ApiServer(opts["api_sock"], handler)
+        server.start()
+    except Exception as e:  # noqa: BLE001
+        return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: {getattr(e, 'strerror', None) or e}")
+    handler.started.wait()
+    machine, protocol, booted_from = handler.result
+    server.handler = VmmApi(machine, opts.get("name", "vm"), protocol, booted_from)
+    return serve(machine, opts, protocol, booted_from, server=server)
+
+
+def snapshot_client(opts: dict) -> int:
+    """volt-vmm --snapshot DIR --api-sock PATH: ask the VMM behind PATH for a snapshot."""
+    if "api_sock" not in opts:
+        return fail(status.USAGE, "--snapshot needs --api-sock of the VMM to snapshot")
+    from ..api.client import ApiClient, ApiError, ApiUnavailable
+    try:
+        result = ApiClient(opts["api_sock"], timeout=600).put(
+            "/snapshot/create", {"snapshot_path": os.path.abspath(opts["snapshot"])})
+    except (ApiError, ApiUnavailable) as e:
+        return fail(status.VMM_ERROR, str(e))
+    result = result or {}
+    sys.stdout.write(f"snapshot {result.get('id')} at {result.get('path')}: "
+                     f"{result.get('size_bytes', 0) / 1048576:.1f} MiB on disk, "
+                     f"guest paused {result.get('paused_ms', 0):.1f} ms\n")
+    return status.OK
 
 
 def supervise(machine, stop_timeout: float) -> int:

@@ -1,0 +1,80 @@
+"""state.json: the snapshot container, versioned and CRC-checked.
+
+    {"format": "volt-snapshot", "version": "1.0.0", "crc64": "<16 hex digits>", "state": {...}}
+
+`crc64` is CRC-64/ECMA-182 (see crc.py) over exactly the UTF-8 bytes of
+json.dumps(state, sort_keys=True, separators=(",", ":")) -- the canonical form of
+the "state" member, whatever whitespace the file itself uses. Bytes inside the
+state are base64 text. A reader refuses: other formats, a major version it does not
+know, unknown top-level members, a CRC mismatch, and files over MAX_STATE_BYTES.
+Memory lives beside it in memory.snap (see memory_file.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .crc import crc64
+
+FORMAT = "volt-snapshot"
+VERSION = "1.0.0"
+MAX_STATE_BYTES = 64 << 20
+STATE_FILE = "state.json"
+MEMORY_FILE = "memory.snap"
+TOP_LEVEL = {"format", "version", "crc64", "state"}
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that cannot be used: the message is the one-line reason."""
+
+
+def canonical(state: dict) -> bytes:
+    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode(state: dict) -> bytes:
+    body = canonical(state)
+    doc = {"format": FORMAT, "version": VERSION, "crc64": f"{crc64(body):016x}"}
+    # The state member is written in its canonical form, so the file's bytes are easy to check by hand.
+    head = json.dumps(doc, sort_keys=True)[:-1]
+    return head.encode() + b', "state": ' + body + b"}\n"
+
+
+def decode(raw: bytes, where: str) -> dict:
+    """The verified state of a state.json file's bytes."""
+    if len(raw) > MAX_STATE_BYTES:
+        raise SnapshotError(f"{where}: {len(raw)} bytes is over the {MAX_STATE_BYTES >> 20} MiB limit")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SnapshotError(f"{where}: not a volt snapshot (format is not {FORMAT!r})")
+    unknown = set(doc) - TOP_LEVEL
+    if unknown:
+        raise SnapshotError(f"{where}: unknown member(s) {', '.join(sorted(unknown))}")
+    version = str(doc.get("version", ""))
+    if version.split(".")[0] != VERSION.split(".")[0]:
+        raise SnapshotError(f"{where}: snapshot format version {version!r} is not supported "
+                            f"(this volt reads {VERSION.split('.')[0]}.x)")
+    state = doc.get("state")
+    if not isinstance(state, dict):
+        raise SnapshotError(f"{where}: no state object")
+    want = str(doc.get("crc64", ""))
+    got = f"{crc64(canonical(state)):016x}"
+    if want.lower().removeprefix("0x") != got:
+        raise SnapshotError(f"{where}: CRC-64 mismatch (recorded {want}, computed {got}): the file is corrupt")
+    return state
+
+
+def read_state(snapshot_dir: str) -> dict:
+    path = os.path.join(snapshot_dir, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        raise SnapshotError(f"{snapshot_dir}: no {STATE_FILE} (not a snapshot, or an unfinished one)") from None
+    except OSError as e:
+        raise SnapshotError(f"{path}: {e.strerror}") from None
+    return decode(raw, path)

@@ -1,0 +1,161 @@
+"""memory.snap: guest RAM as one sparse file, and mapping it back MAP_PRIVATE.
+
+Layout: the RAM regions one after another (region i at the sum of the sizes before
+it); state.json records each region's guest-physical address, size and file offset
+(RAM beyond 3 GiB lives above 4 GiB, so offsets and addresses differ). Only pages
+the guest ever touched are written (found through /proc/self/pagemap); the rest
+stay holes and read back as zeros. On restore the file is mapped MAP_PRIVATE: pages
+load on demand and guest writes never reach the file, so clones can share it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from ..kvm.memory import GuestMemory, MemoryRegion, MAP_NORESERVE
+
+PAGE = 4096
+CHUNK_PAGES = 512                  # pagemap is scanned 2 MiB of guest RAM at a time
+PM_PRESENT = 1 << 63
+PM_SWAPPED = 1 << 62
+DIGEST_CHUNK = 2 << 20
+_ZERO_ENTRIES = bytes(8 * CHUNK_PAGES)
+
+
+class MemoryFileError(RuntimeError):
+    pass
+
+
+def _touched_runs(host_addr: int, size: int, pagemap_fd: int):
+    """(offset, length) runs of pages that are present or swapped, in bytes from host_addr."""
+    npages = size // PAGE
+    first = host_addr // PAGE
+    run_start = None
+    for chunk in range(0, npages, CHUNK_PAGES):
+        n = min(CHUNK_PAGES, npages - chunk)
+        raw = os.pread(pagemap_fd, 8 * n, (first + chunk) * 8)
+        if raw == _ZERO_ENTRIES[:8 * n]:
+            if run_start is not None:
+                yield run_start * PAGE, (chunk - run_start) * PAGE
+                run_start = None
+            continue
+        entries = memoryview(raw).cast("Q")
+        for i in range(n):
+            if entries[i] & (PM_PRESENT | PM_SWAPPED):
+                if run_start is None:
+                    run_start = chunk + i
+            elif run_start is not None:
+                yield run_start * PAGE, (chunk + i - run_start) * PAGE
+                run_start = None
+    if run_start is not None:
+        yield run_start * PAGE, (npages - run_start) * PAGE
+
+
+def _file_data_runs(fd: int, offset: int, size: int):
+    """(offset, length) runs, relative to `offset`, where the file holds data (not holes)."""
+    pos, end = offset, offset + size
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return
+        if start >= end:
+            return
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        yield start - offset, stop - start
+        pos = stop
+
+
+def _merge(runs) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for off, length in sorted(runs):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + length - out[-1][0])
+        else:
+            out.append([off, length])
+    return [(a, b) for a, b in out]
+
+
+def _runs_to_write(region: MemoryRegion, pagemap_fd: int):
+    """Touched pages, plus (for a region restored from a snapshot) the pages its file still backs:
+    those read as data but are not present until the guest touches them."""
+    runs = _touched_runs(region.host_addr, region.size, pagemap_fd)
+    if region.backing is None:
+        return runs
+    fd, offset = region.backing
+    return _merge(list(runs) + list(_file_data_runs(fd, offset, region.size)))
+
+
+def write_memory(memory: GuestMemory, path: str) -> dict:
+    """Write guest RAM sparsely to `path` (not fsynced: the caller does that after resuming)."""
+    total = memory.size
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    regions, offset, written = [], 0, 0
+    try:
+        os.ftruncate(fd, total)
+        pm = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for r in memory.regions:
+                view = memoryview(r.map)
+                for run_off, run_len in _runs_to_write(r, pm):
+                    done = 0
+                    while done < run_len:
+                        done += os.pwrite(fd, view[run_off + done:run_off + run_len], offset + run_off + done)
+                    written += run_len
+                view.release()
+                regions.append({"gpa": r.gpa, "size": r.size, "offset": offset})
+                offset += r.size
+        finally:
+            os.close(pm)
+    finally:
+        os.close(fd)
+    return {"file": os.path.basename(path), "size": total, "regions": regions, "data_bytes": written}
+
+
+def memory_digest(path: str) -> str:
+    """sha256 over the file's non-zero 2 MiB chunks and their indexes (holes are skipped unread)."""
+    import hashlib
+    h = hashlib.sha256()
+    zero = bytes(DIGEST_CHUNK)
+    with open(path, "rb") as f:
+        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data_start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break                                     # ENXIO: only a hole remains
+            hole = os.lseek(fd, data_start, os.SEEK_HOLE)
+            chunk = data_start - data_start % DIGEST_CHUNK
+            while chunk < hole:
+                block = os.pread(fd, DIGEST_CHUNK, chunk)
+                if block != zero[:len(block)]:
+                    h.update(chunk.to_bytes(8, "little"))
+                    h.update(block)
+                chunk += DIGEST_CHUNK
+            pos = max(hole, chunk)
+    h.update(size.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def map_memory(path: str, layout: dict) -> GuestMemory:
+    """Map each recorded region of memory.snap MAP_PRIVATE: copy-on-write, loaded on demand."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MemoryFileError(f"memory file {path} is missing") from None
+    try:                      # the fd stays open: a later snapshot reads the file's extents
+        size = os.fstat(fd).st_size
+        if size < int(layout["size"]):
+            raise MemoryFileError(f"memory file {path} holds {size} bytes; the snapshot recorded "
+                                  f"{layout['size']} (truncated?)")
+        regions = []
+        for r in layout["regions"]:
+            m = mmap.mmap(fd, int(r["size"]), flags=mmap.MAP_PRIVATE | MAP_NORESERVE,
+                          prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=int(r["offset"]))
+            regions.append(MemoryRegion(int(r["gpa"]), int(r["size"]), m, (fd, int(r["offset"]))))
+        return GuestMemory(regions)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -1,0 +1,59 @@
+"""Start a Machine from a snapshot instead of booting: verify, map memory, put state back.
+
+Refused with a one-line reason, before any VM is created: a CRC mismatch, an unknown
+format version, a missing or short memory file, a different CPU vendor or KVM kind,
+or a different XSAVE size.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..kvm.flavour import cpu_identity, kvm_flavour
+from .format import MEMORY_FILE, SnapshotError, read_state
+from .memory_file import MemoryFileError, map_memory
+from .vcpu_state import VcpuStateError, restore_vcpu
+from .vm_state import restore_vm
+
+
+def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> None:
+    host = state.get("meta", {}).get("host", {})
+    here_kvm = kvm_flavour()
+    if host.get("kvm") != here_kvm:
+        raise SnapshotError(f"{where}: taken on {host.get('kvm')} KVM, this host has {here_kvm} KVM")
+    vendor = cpu_identity()["vendor"]
+    if host.get("cpu_vendor") != vendor:
+        raise SnapshotError(f"{where}: taken on a {host.get('cpu_vendor')} CPU, this host has {vendor}")
+    saved = state.get("meta", {}).get("xsave_size")
+    if xsave_size is not None and saved is not None and int(saved) != xsave_size:
+        raise SnapshotError(f"{where}: XSAVE area of {saved} bytes, this host uses {xsave_size}")
+
+
+def load(snapshot_dir: str) -> tuple[dict, object]:
+    """Verified state and its memory, mapped MAP_PRIVATE (nothing created in KVM yet)."""
+    state = read_state(snapshot_dir)
+    check_compatible(state, snapshot_dir)
+    try:
+        memory = map_memory(os.path.join(snapshot_dir, state["memory"].get("file", MEMORY_FILE)),
+                            state["memory"])
+    except MemoryFileError as e:
+        raise SnapshotError(str(e)) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"{snapshot_dir}: bad memory layout in state.json ({e})") from None
+    return state, memory
+
+
+def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int]:
+    """Create the vCPUs and restore vCPU, VM and device state, in the documented order."""
+    machine.create_vcpus()
+    refused: list[int] = []
+    try:
+        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
+            refused += restore_vcpu(vcpu, vstate)
+        restore_vm(machine.vm, state["vm"], clock_mode)
+        machine.restore_devices(state.get("devices", {}))
+    except VcpuStateError as e:
+        raise SnapshotError(str(e)) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise SnapshotError(f"restoring VM state: {e}") from None
+    return refused
