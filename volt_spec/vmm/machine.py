@@ -52,6 +52,18 @@ class InvalidStateTransition(RuntimeError):
         self.old, self.new = old, new
 
 
+def _ignore_kick(signum, frame) -> None:
+    """SIGUSR1 only interrupts KVM_RUN (EINTR); nothing to do."""
+
+
+def install_kick_handler() -> None:
+    """The handler must exist before any vCPU is kicked; Python allows it only from the main thread."""
+    try:
+        signal.signal(KICK_SIGNAL, _ignore_kick)
+    except ValueError:
+        pass            # not the main thread: main() installed it already
+
+
 class KvmIrqLine:
     """A device's interrupt output wired to one GSI through KVM_IRQ_LINE."""
 
@@ -252,7 +264,7 @@ class Machine:
 
     def start(self) -> None:
         self.wait_memory()
-        signal.signal(KICK_SIGNAL, lambda *_: None)
+        install_kick_handler()
         self._transition(RUNNING)
         for vcpu in self.vcpus:
             self.threads.append(Worker(self._vcpu_loop, vcpu))

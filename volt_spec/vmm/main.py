@@ -112,6 +112,8 @@ def run(argv: list[str]) -> int:
         return status.OK
     if "snapshot" in opts:
         return snapshot_client(opts)
+    from .machine import install_kick_handler
+    install_kick_handler()
     if "kernel" not in opts and "restore" not in opts and "api_sock" not in opts:
         return fail(status.USAGE, "--kernel (boot), --restore (from a snapshot) or --api-sock alone "
                                   "(configure through the API) is required (see volt-vmm --help)")
