@@ -84,6 +84,7 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dic
     if not ID_RE.match(snap_id):
         raise SnapshotCommandError(f"snapshot name {snap_id!r}: use lowercase letters, digits, '-', '.', '_'")
     dest = vm_dir.snapshots / snap_id
+    clear_partials(vm_dir)
     if dest.exists():
         raise SnapshotCommandError(f"snapshot {snap_id} already exists for vm/{vm_dir.name}")
     meta = {"id": snap_id, "vm": vm_dir.name, "trigger": trigger,
@@ -95,6 +96,18 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dic
         raise SnapshotCommandError(f"vm/{vm_dir.name} is not running ({e.reason})") from None
     except ApiError as e:
         raise SnapshotCommandError(e.message) from None
+
+
+def clear_partials(vm_dir: VmDir) -> None:
+    """Remove what a snapshot interrupted by a crash left behind (never listed, never restored).
+
+    Called with the VM's lock held, so no snapshot of this VM is being written."""
+    import shutil
+    folder = vm_dir.snapshots
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and (".partial-" in p.name or ".deleting-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:

@@ -1,0 +1,109 @@
+"""End to end: `volt snapshot`, restore on apply, fallbacks, and crashes mid-snapshot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .kvm_required import require_kvm
+from .voltcli import Volt, spec_text
+
+
+@pytest.fixture
+def volt(tmp_path):
+    require_kvm()
+    v = Volt(tmp_path / "home")
+    yield v
+    v("delete", "--all", check=None)
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def first_tick(log: str) -> int:
+    return int(re.search(r"^tick (\d+) ", log, re.M).group(1))
+
+
+def test_apply_restores_latest_snapshot_after_delete(volt, tmp_path):
+    spec = write(tmp_path / "w.yaml", spec_text("w", cmdline="volt.ticks=0 volt.tick_ms=50 volt.mem=8"))
+    volt("apply", spec)
+    log = volt.wait_log("w", "tick 5 ")
+    checksum = re.search(r"mem-ok (\w+)", volt.wait_log("w", "mem-ok")).group(1)
+    out = volt("snapshot", "w", "--name", "warm").stdout
+    assert re.match(r"snapshot warm of vm/w: [\d.]+ MiB on disk \(128 MiB of memory\), guest paused [\d.]+ ms", out), out
+    rows = json.loads(volt("snapshots", "list", "-o", "json").stdout)
+    assert [(r["id"], r["vm"], r["trigger"], r["valid"]) for r in rows] == [("warm", "w", "manual", True)]
+    assert volt.state("w")["last_snapshot"]["id"] == "warm"
+    volt("delete", "w")
+    assert [r["id"] for r in json.loads(volt("snapshots", "list", "-o", "json").stdout)] == ["warm"]
+    out = volt("apply", spec).stdout
+    assert re.match(r"vm/w restored from warm in \d+ ms", out), out
+    row = volt.wait_state("w", "running")
+    assert row["booted_from"] == "snapshot warm"
+    log = volt.wait_log("w", "mem-ok")
+    assert first_tick(log) > 5
+    assert re.search(r"mem-ok (\w+)", log).group(1) == checksum
+    assert "VOLT-READY" not in log          # it continued; it did not boot again
+
+
+def test_corrupt_latest_snapshot_falls_back_to_cold_boot_with_a_warning(volt, tmp_path):
+    spec = write(tmp_path / "f.yaml", spec_text("f"))
+    volt("apply", spec)
+    volt.wait_log("f", "VOLT-READY")
+    volt("snapshot", "f", "--name", "s1")
+    volt("delete", "f")
+    state = volt.home / "snapshots" / "f" / "s1" / "state.json"
+    raw = bytearray(state.read_bytes())
+    raw[raw.index(b'"lapic":"') + 20] ^= 1
+    state.write_bytes(bytes(raw))
+    r = volt("apply", spec)
+    assert r.stdout.startswith("vm/f created"), r.stdout
+    assert "warning: vm/f: s1: " in r.stderr and "CRC-64 mismatch" in r.stderr and "cold boot" in r.stderr
+    assert volt.state("f")["booted_from"] == "cold"
+    v = volt("snapshots", "verify", "s1", check=1)
+    assert "INVALID" in v.stdout and "CRC-64" in v.stdout
+
+
+def test_spec_change_does_not_restore_an_old_shape(volt, tmp_path):
+    spec = write(tmp_path / "m.yaml", spec_text("m"))
+    volt("apply", spec)
+    volt.wait_log("m", "VOLT-READY")
+    volt("snapshot", "m")
+    write(tmp_path / "m.yaml", spec_text("m", memory="256Mi"))
+    out = volt("apply", spec).stdout
+    assert out.startswith("vm/m replaced (machine changed: memory)"), out
+    assert volt.state("m")["booted_from"] == "cold"
+
+
+def test_vmm_killed_mid_snapshot_leaves_older_snapshots_intact(volt, tmp_path):
+    spec = write(tmp_path / "k.yaml", spec_text("k", cmdline="volt.ticks=0 volt.mem=384", memory="512Mi"))
+    volt("apply", spec)
+    volt.wait_log("k", "mem-ok", timeout=60)
+    volt("snapshot", "k", "--name", "good")
+    pid = volt.state("k")["pid"]
+    snapdir = volt.home / "snapshots" / "k"
+    proc = subprocess.Popen([sys.executable, "-m", "volt_spec", "snapshot", "k", "--name", "doomed"],
+                            env=volt.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any(p.name.startswith(".doomed") for p in snapdir.iterdir()):
+        assert time.monotonic() < deadline, "the snapshot never started writing"
+        time.sleep(0.001)          # watching another process's progress on disk
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in err, (out, err)
+    rows = json.loads(volt("snapshots", "list", "-o", "json").stdout)
+    assert [(r["id"], r["valid"]) for r in rows] == [("good", True)]
+    assert volt("snapshots", "verify", "good").stdout.endswith("ok (state CRC-64 and memory checksum match)\n")
+    assert volt.wait_state("k", "failed")["reason"].startswith("killed by signal 9")
+    assert volt("apply", spec).stdout.startswith("vm/k restored from good")
+    volt("snapshot", "k", "--name", "after")         # the next snapshot clears the partial leftovers
+    assert not any(p.name.startswith(".") for p in snapdir.iterdir())
