@@ -148,12 +148,17 @@ def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tup
 
 
 def _configure_running(vm_dir: VmDir, spec) -> None:
-    """Hand a running VM the parts of its spec it can take live (snapshot policy)."""
+    """Hand a running VM the parts of its spec it can take live (the snapshot policy)."""
     from ..api.client import ApiClient, ApiError, ApiUnavailable
+    applied = vm_dir.read_applied() or {}
+    policy = vmctl.policy_for(applied, vm_dir)
+    write_json(vm_dir.path / "policy.json", policy)
     try:
-        ApiClient(str(vm_dir.api_sock), timeout=2.0).put("/policy", {"snapshots": spec.snapshots})
-    except (ApiUnavailable, ApiError):
-        pass
+        ApiClient(str(vm_dir.api_sock), timeout=5.0).put("/policy", policy)
+    except ApiUnavailable:
+        pass                      # not running: the policy file is read at its next start
+    except ApiError as e:
+        raise vmctl.VmStartError(f"the VM refused the new snapshot policy: {e.message}") from None
 
 
 def _rollback(vm_dir: VmDir, old: dict | None) -> str:
@@ -162,6 +167,8 @@ def _rollback(vm_dir: VmDir, old: dict | None) -> str:
         vm_dir.remove()
         return "; nothing was created"
     write_json(vm_dir.applied, old)
+    if observe(vm_dir)["state"] in (RUNNING, PAUSED):
+        return "; the VM keeps running as before"
     if old.get("running", True):
         try:
             vmctl.start(vm_dir, old["vm"])

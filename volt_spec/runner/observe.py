@@ -20,7 +20,7 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
     inst = vm_dir.read_instance()
     applied = vm_dir.read_applied() or {}
     out = {"state": STOPPED, "pid": None, "uptime_s": None, "reason": "",
-           "booted_from": None, "generation": None}
+           "booted_from": None, "generation": None, "policy": None}
     if not inst:
         if applied and not applied.get("running", True):
             out["reason"] = "spec.running is false"
@@ -38,6 +38,7 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
             out.update(state=FAILED, reason=f"VMM alive but its API does not answer: {e}")
             return out
         out["state"] = PAUSED if vm.get("state") == "Paused" else RUNNING
+        out["policy"] = vm.get("policy")
         out["booted_from"] = inst.get("booted_from") or vm.get("boot", {}).get("booted_from", "cold")
         return out
     ended = vm_dir.read_exit()

@@ -74,6 +74,11 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
         vm_dir = VmDir(home, name)
         obs = observe(vm_dir)
         vm = rec.get("vm", {})
+        policy = obs.get("policy") or {}
+        reason = obs["reason"]
+        if policy.get("last_error"):
+            reason = f"warning: {policy['last_error']}" + (f"; {reason}" if reason else "")
+        due = policy.get("next_interval_due")
         rows.append({
             "name": name,
             "state": obs["state"],
@@ -84,7 +89,8 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
             "booted_from": obs["booted_from"] or "-",
             "last_snapshot": last_snapshot(vm_dir),
             "spec": drift.get(name, "drifted"),
-            "reason": obs["reason"],
+            "reason": reason,
+            "next_snapshot_in_s": round(max(0.0, due - __import__("time").time()), 1) if due else None,
             "labels": rec.get("labels", {}),
             "source": rec.get("source"),
         })
@@ -103,7 +109,8 @@ def table(rows: list[dict]) -> str:
         return "no VMs (volt apply SPEC creates one)"
     body = [[r["name"], r["state"], r["vcpus"], f"{r['memory_mib']}Mi", _age(r["uptime_s"]),
              r["pid"] or "-", r["booted_from"], _snap_cell(r["last_snapshot"]),
+             "in " + _age(r["next_snapshot_in_s"]) if r["next_snapshot_in_s"] is not None else "-",
              "in sync" if r["spec"] == "in-sync" else "drifted", r["reason"] or ""]
             for r in rows]
     return tabulate(body, headers=["NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED",
-                                   "LAST-SNAPSHOT", "SPEC", "REASON"], tablefmt="plain")
+                                   "LAST-SNAPSHOT", "NEXT-SNAPSHOT", "SPEC", "REASON"], tablefmt="plain")

@@ -39,6 +39,14 @@ def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
     return args
 
 
+def policy_for(applied: dict, vm_dir: VmDir) -> dict:
+    """What the VMM needs to carry out the spec's snapshot policy by itself."""
+    snaps = applied.get("snapshots") or {}
+    return {"vm": vm_dir.name, "snapshot_dir": str(vm_dir.snapshots), "machine_hash": applied.get("machine_hash"),
+            "spec": applied.get("document"), "triggers": snaps.get("triggers", []),
+            "retain": snaps.get("retain", {}), "clock": snaps.get("clock", "continue")}
+
+
 def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_from: Path | None = None,
           clock: str = "continue") -> dict:
     """Start a supervised VMM (booting, or restoring `restore_from`) and wait until its API answers."""
@@ -55,6 +63,12 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
                 "--name", vm_dir.name]
     else:
         args = vmm_args(vm, vm_dir)
+    applied = vm_dir.read_applied()
+    if applied is not None:
+        from .home import write_json
+        policy_file = vm_dir.path / "policy.json"
+        write_json(policy_file, policy_for(applied, vm_dir))
+        args += ["--policy", str(policy_file)]
     cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, "--",
            *vmm_command(), *args]
     env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")

@@ -24,6 +24,7 @@ class VmmApi:
         self.booted_from = booted_from
         self.started_at = time.time()
         self.flavour = kvm_flavour()
+        self.policy = machine.policy
 
     def get_vm(self) -> dict:
         m, c = self.machine, self.machine.config
@@ -36,6 +37,7 @@ class VmmApi:
             "boot": {"booted_from": self.booted_from, "started_at": self.started_at,
                      "uptime_s": round(time.time() - self.started_at, 3)},
             "kvm": self.flavour,
+            "policy": self.machine.policy.status() if self.machine.policy else None,
             "counters": {
                 "serial_bytes_out": getattr(m.out, "count", 0),
                 "vcpu_exits": list(m.exit_counts),
@@ -59,6 +61,8 @@ class VmmApi:
 
     def action(self, action_type: str, body: dict) -> None:
         if action_type == "SendCtrlAltDel":
+            if self.machine.policy is not None:
+                self.machine.policy.before_stop()        # the `stop` trigger, before the guest goes
             self.machine.send_ctrl_alt_del()
             return
         raise ApiError(400, f"unknown action_type {action_type!r} (supported: SendCtrlAltDel)")
@@ -72,7 +76,8 @@ class VmmApi:
         if not isinstance(meta, dict):
             raise ApiError(400, "meta must be an object")
         try:
-            result = create_snapshot(self.machine, body["snapshot_path"], meta, resume=resume is not False)
+            with self.machine.snapshot_lock:
+                result = create_snapshot(self.machine, body["snapshot_path"], meta, resume=resume is not False)
         except SnapshotError as e:
             raise ApiError(400, str(e)) from None
         except OSError as e:
@@ -84,6 +89,21 @@ class VmmApi:
         raise ApiError(400, "PUT /snapshot/load is only valid before boot, and this VM has booted")
 
     def route(self, method: str, path: str, body: dict | None) -> tuple[int, dict | None]:
+        if path == "/policy" and method == "PUT":
+            if not isinstance(body, dict):
+                raise ApiError(400, "the policy must be a JSON object")
+            if self.machine.policy is None:
+                from .policy import PolicyEngine
+                self.machine.policy = PolicyEngine(self.machine, body, self.booted_from)
+                self.machine.add_console_tap(self.machine.policy.on_console)
+            else:
+                try:
+                    self.machine.policy.set_policy(body)
+                except Exception as e:  # noqa: BLE001 - a bad regex or field: the old policy stays
+                    raise ApiError(400, f"bad policy: {e}") from None
+            return 204, None
+        if path == "/policy" and method == "GET":
+            return 200, self.machine.policy.status() if self.machine.policy else {}
         raise ApiError(404, f"no route for {method} {path}")
 
 

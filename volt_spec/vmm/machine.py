@@ -91,6 +91,9 @@ class _Shifted:
         self.dev.write(offset + self.delta, value)
 
 
+HISTORY_MAX = 64 << 10
+
+
 class StdoutSink:
     """Guest serial bytes straight to fd 1: no buffering, so a pipe reader sees each at once."""
 
@@ -98,9 +101,15 @@ class StdoutSink:
         self.fd = fd
         self.broken = False
         self.count = 0
+        self.taps: list = []            # callables(bytes) that also see the output (snapshot policy)
+        self.history: bytearray | None = bytearray()   # output until the first tap (replayed to it)
 
     def __call__(self, data: bytes) -> None:
         self.count += len(data)
+        if self.history is not None and len(self.history) < HISTORY_MAX:
+            self.history += data
+        for tap in self.taps:
+            tap(data)
         if self.broken:
             return
         try:
@@ -124,6 +133,8 @@ class Machine:
         self.threads: list[Worker] = []
         self.out = out or StdoutSink()
         self.bus_lock = _thread.allocate_lock()
+        self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)
+        self.policy = None                                # a PolicyEngine once one is configured
         self.state = NOT_STARTED
         self._state_lock = _thread.allocate_lock()
         self._pause_requested = False
@@ -330,6 +341,15 @@ class Machine:
     def send_ctrl_alt_del(self) -> None:
         with self.bus_lock:
             self.i8042.send_ctrl_alt_del()
+
+    def add_console_tap(self, tap) -> None:
+        """Let `tap` see the console from the very first byte: what came before is replayed."""
+        with self.bus_lock:
+            history = self.out.history
+            if history:
+                tap(bytes(history))
+            self.out.history = None
+            self.out.taps.append(tap)
 
     def console_input(self, data: bytes) -> int:
         """Host keystrokes into the UART's receive FIFO (raises its interrupt); bytes accepted."""

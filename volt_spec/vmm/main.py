@@ -44,6 +44,8 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     it stopped) or realtime (it advances by the time that passed)
   --snapshot DIR    client mode: snapshot the VM behind --api-sock into DIR
   --name NAME       the VM's name, reported by GET /vm
+  --policy FILE     snapshot policy (JSON: vm, snapshot_dir, triggers, retain) carried
+                    out by this VMM: ready / interval / console / stop triggers
   --version         print the version and exit
 
 Bytes arriving on stdin go to the guest's serial port (COM1 receive).
@@ -57,7 +59,7 @@ example:
 
 _OPTIONS = {"--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
-            "--restore": str, "--snapshot": str, "--clock": str}
+            "--restore": str, "--snapshot": str, "--clock": str, "--policy": str}
 
 
 class UsageError(Exception):
@@ -156,6 +158,11 @@ def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> 
     """The VM runs: feed stdin to its UART, serve the API, wait for it to stop."""
     from .sync import Worker
     Worker(machine.pump_console_input, 0)
+    if "policy" in opts:
+        try:
+            start_policy(machine, opts["policy"], booted_from)
+        except (OSError, ValueError, KeyError) as e:
+            return fail(status.VMM_ERROR, f"--policy {opts['policy']}: {e}")
     if "api_sock" in opts and server is None:
         try:
             server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from)
@@ -167,6 +174,15 @@ def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> 
     finally:
         if server is not None:
             server.close()
+
+
+def start_policy(machine, path: str, booted_from: str) -> None:
+    import json
+    from .policy import PolicyEngine
+    with open(path) as f:
+        policy = json.load(f)
+    machine.policy = PolicyEngine(machine, policy, booted_from)
+    machine.add_console_tap(machine.policy.on_console)
 
 
 def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "cold"):
@@ -260,6 +276,8 @@ def supervise(machine, stop_timeout: float) -> int:
             machine.request_exit(status.KILLED, f"stopped by signal {signum} (second request)")
             return
         asked.append(time.monotonic())
+        if machine.policy is not None:
+            machine.policy.before_stop()
         machine.send_ctrl_alt_del()
 
     signal.signal(signal.SIGTERM, on_stop_signal)

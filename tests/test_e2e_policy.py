@@ -1,0 +1,134 @@
+"""Snapshot policies: triggers run by the VM's own VMM, retention, failures visible in status."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from volt_spec.api.client import ApiClient
+
+from .kvm_required import require_kvm
+from .voltcli import Volt
+
+POLICY_SPEC = """apiVersion: volt/v1
+kind: VirtualMachine
+metadata: {{name: {name}}}
+spec:
+  kernel: {{path: "builtin:testguest", cmdline: "{cmdline}"}}
+  memory: 128Mi
+  snapshots:
+    triggers: {triggers}
+    retain: {retain}
+"""
+
+
+@pytest.fixture
+def volt(tmp_path):
+    require_kvm()
+    v = Volt(tmp_path / "home")
+    yield v
+    v("delete", "--all", check=None)
+
+
+def spec(tmp_path, name, triggers, retain="{count: 5}", cmdline="volt.ticks=0 volt.tick_ms=100"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(POLICY_SPEC.format(name=name, triggers=triggers, retain=retain, cmdline=cmdline))
+    return str(path)
+
+
+def snaps(volt, vm=None):
+    return json.loads(volt("snapshots", "list", *([vm] if vm else []), "-o", "json").stdout)
+
+
+def policy_status(volt, name):
+    return ApiClient(str(volt.home / "vms" / name / "api.sock")).get("/vm")["policy"]
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)      # polling another process's progress (files / API)
+
+
+def test_ready_trigger_one_snapshot_per_cold_boot_then_restore(volt, tmp_path):
+    path = spec(tmp_path, "rdy", "[{trigger: ready}]")
+    volt("apply", path)
+    rows = wait_until(lambda: snaps(volt), what="the ready snapshot")
+    volt.wait_log("rdy", "tick 8 ")
+    assert [r["trigger"] for r in snaps(volt)] == ["ready"]
+    assert policy_status(volt, "rdy")["snapshots_taken"] == 1
+    volt("delete", "rdy")
+    out = volt("apply", path).stdout
+    assert out.startswith(f"vm/rdy restored from {rows[0]['id']}"), out
+    log = volt.wait_log("rdy", "tick 4 ")
+    assert "VOLT-READY" not in log
+    first = int(re.search(r"^tick (\d+) ", log, re.M).group(1))
+    assert first <= 3                                  # it continues from the ready moment
+    assert len(snaps(volt)) == 1                       # a restore is not a cold boot: no new ready snapshot
+
+
+def test_interval_trigger_and_retention_keep_exactly_count(volt, tmp_path):
+    path = spec(tmp_path, "ivl", "[{trigger: interval, every: 1s}]", retain="{count: 2}")
+    volt("apply", path)
+    wait_until(lambda: policy_status(volt, "ivl")["snapshots_taken"] >= 4, timeout=20, what="4 interval snapshots")
+    rows = snaps(volt)
+    assert len(rows) == 2 and all(r["trigger"] == "interval" and r["valid"] for r in rows)
+    row = volt.state("ivl")
+    assert row["last_snapshot"]["trigger"] == "interval"
+    assert row["next_snapshot_in_s"] is not None and row["next_snapshot_in_s"] <= 1.0
+    assert "NEXT-SNAPSHOT" in volt("status").stdout
+
+
+def test_console_trigger_fires_on_a_matching_line(volt, tmp_path):
+    path = spec(tmp_path, "con", '[{trigger: console, match: "^tick 3 "}]')
+    volt("apply", path)
+    rows = wait_until(lambda: snaps(volt), what="the console snapshot")
+    volt.wait_log("con", "tick 6 ")
+    assert [r["trigger"] for r in snaps(volt)] == ["console"]
+
+
+def test_stop_trigger_fires_on_volt_stop(volt, tmp_path):
+    path = spec(tmp_path, "stp", "[{trigger: stop}]")
+    volt("apply", path)
+    volt.wait_log("stp", "tick 2 ")
+    assert snaps(volt) == []
+    assert volt("stop", "stp").stdout.strip() == "vm/stp stopped (powered off)"
+    assert [r["trigger"] for r in snaps(volt)] == ["stop"]
+
+
+def test_policy_change_applies_to_a_running_vm(volt, tmp_path):
+    path = spec(tmp_path, "chg", "[]")
+    volt("apply", path)
+    pid = volt.wait_state("chg", "running")["pid"]
+    spec(tmp_path, "chg", "[{trigger: interval, every: 1s}]")
+    out = volt("apply", path).stdout
+    assert out.startswith("vm/chg configured"), out
+    wait_until(lambda: snaps(volt), what="a snapshot under the new policy")
+    assert volt.state("chg")["pid"] == pid
+
+
+def test_failing_trigger_keeps_the_vm_running_and_shows_in_status(volt, tmp_path):
+    folder = volt.home / "snapshots" / "ro"
+    folder.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        path = spec(tmp_path, "ro", "[{trigger: interval, every: 1s}]")
+        volt("apply", path)
+        row = wait_until(lambda: (r := volt.state("ro"))["reason"].startswith("warning:") and r,
+                         what="the failure in status")
+        assert row["state"] == "running"
+        assert "interval snapshot failed" in row["reason"] and "Read-only file system" in row["reason"]
+        assert "warning: interval snapshot failed" in volt("status").stdout
+        volt.wait_log("ro", "tick 15 ")                  # the guest kept running meanwhile
+        assert snaps(volt) == []
+    finally:
+        volt("delete", "--all", check=None)
+        subprocess.run(["umount", str(folder)], check=False)

@@ -1,0 +1,186 @@
+"""Snapshot policy, carried out inside the VMM with nobody at the keyboard.
+
+Triggers (spec.snapshots.triggers):
+  ready     the first time the guest prints `marker` after a cold boot (one per boot)
+  interval  every `every` (s/m/h/d), counted from when the VMM started
+  console   whenever a console line matches the regex `match`
+  stop      before the guest is asked to stop (volt stop / volt delete / SIGTERM)
+Retention (spec.snapshots.retain) runs after every successful snapshot: oldest first,
+keep at most `count`, none older than `maxAge`, but never the newest and never the one
+this VM was restored from. A failing trigger logs one line on stderr, keeps the VM
+running, leaves older snapshots alone, and is reported by GET /vm (`volt status`).
+
+Console lines reach `on_console` from a vCPU thread with the device lock held, so it
+only matches and queues; snapshots are taken by the policy's own worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+
+from ..snapshot.format import SnapshotError
+
+MAX_LINE = 4096
+
+
+class PolicyEngine:
+    def __init__(self, machine, policy: dict, booted_from: str) -> None:
+        self.machine = machine
+        self.booted_from = booted_from
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.queue: list[str] = []
+        self.partial = b""
+        self.ready_done = booted_from != "cold"     # a restored guest already was "ready"
+        self.taken = 0
+        self.last: dict | None = None
+        self.last_error: str | None = None
+        self.started = time.time()
+        self.set_policy(policy)
+        threading.Thread(target=self._worker, name="snapshot-policy", daemon=True).start()
+
+    # -- configuration -------------------------------------------------------------------------
+    def set_policy(self, policy: dict) -> None:
+        """Take a (new) policy; a running VM keeps running (PUT /policy)."""
+        triggers = list(policy.get("triggers") or [])
+        console = []
+        for t in triggers:
+            if t.get("trigger") == "console":
+                console.append(re.compile(t["match"]))
+        with self.lock:
+            self.policy = policy
+            self.vm = policy.get("vm", "vm")
+            self.dir = policy.get("snapshot_dir")
+            self.triggers = triggers
+            self.ready_marker = next((t.get("marker", "VOLT-READY").encode() for t in triggers
+                                      if t.get("trigger") == "ready"), None)
+            self.console_res = console
+            intervals = [float(t["everySeconds"]) for t in triggers if t.get("trigger") == "interval"]
+            self.interval = min(intervals) if intervals else None
+            self.next_due = (time.time() + self.interval) if self.interval else None
+            self.retain = policy.get("retain") or {}
+            self.wake.notify()
+
+    def status(self) -> dict:
+        with self.lock:
+            return {"triggers": [t.get("trigger") for t in self.triggers], "snapshots_taken": self.taken,
+                    "last": self.last, "last_error": self.last_error, "next_interval_due": self.next_due}
+
+    # -- trigger sources -----------------------------------------------------------------------
+    def on_console(self, data: bytes) -> None:
+        """Serial output (vCPU thread, device lock held): find whole lines, match, queue. Never blocks long."""
+        if self.ready_marker is None and not self.console_res:
+            return
+        buf = self.partial + data
+        *lines, self.partial = buf.split(b"\n")
+        if len(self.partial) > MAX_LINE:
+            self.partial = self.partial[-MAX_LINE:]
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if self.ready_marker is not None and not self.ready_done and self.ready_marker in line:
+                self.ready_done = True
+                self._enqueue("ready")
+            if self.console_res:
+                text = line.decode(errors="replace")
+                if any(rx.search(text) for rx in self.console_res):
+                    self._enqueue("console")
+
+    def before_stop(self) -> None:
+        """The guest is about to be asked to stop: take the `stop` snapshot now (synchronously)."""
+        if any(t.get("trigger") == "stop" for t in self.triggers):
+            self.snapshot("stop")
+
+    def _enqueue(self, trigger: str) -> None:
+        # Called with the device lock held: no waiting on self.lock for long (the worker
+        # holds it only briefly), and the snapshot itself happens on the worker.
+        with self.lock:
+            self.queue.append(trigger)
+            self.wake.notify()
+
+    def _worker(self) -> None:
+        while True:
+            with self.lock:
+                while not self.queue:
+                    timeout = None if self.next_due is None else max(0.0, self.next_due - time.time())
+                    if timeout == 0.0:
+                        self.queue.append("interval")
+                        self.next_due = time.time() + self.interval
+                        break
+                    self.wake.wait(timeout)
+                trigger = self.queue.pop(0)
+            if self.machine.exit_event.is_set():
+                return
+            self.snapshot(trigger)
+
+    # -- doing it ------------------------------------------------------------------------------
+    def snapshot(self, trigger: str) -> dict | None:
+        from ..snapshot.create import create_snapshot
+        if not self.dir:
+            return None
+        snap_id = f"{self.vm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        meta = {"id": snap_id, "vm": self.vm, "trigger": trigger,
+                "machine_hash": self.policy.get("machine_hash"), "spec": self.policy.get("spec")}
+        try:
+            with self.machine.snapshot_lock:
+                result = create_snapshot(self.machine, os.path.join(self.dir, snap_id), meta)
+        except (SnapshotError, OSError, RuntimeError) as e:
+            message = getattr(e, "strerror", None) or str(e)
+            with self.lock:
+                self.last_error = f"{trigger} snapshot failed at {time.strftime('%H:%M:%S')}: {message}"
+            os.write(2, f"volt-vmm: warning: {self.last_error}\n".encode())
+            return None
+        with self.lock:
+            self.taken += 1
+            self.last = {"id": snap_id, "trigger": trigger, "created": result["created"],
+                         "paused_ms": result["paused_ms"]}
+            self.last_error = None
+        self.apply_retention()
+        return result
+
+    def apply_retention(self) -> list[str]:
+        """Delete what the retain rules say (oldest first); returns the ids deleted."""
+        from ..snapshot.format import read_state
+        count = self.retain.get("count")
+        max_age = self.retain.get("maxAgeSeconds")
+        if not self.dir or not os.path.isdir(self.dir) or (count is None and max_age is None):
+            return []
+        snaps = []
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            if name.startswith(".") or not os.path.isdir(path):
+                continue
+            try:
+                created = float(read_state(path)["meta"]["created"])
+            except (SnapshotError, KeyError, ValueError, OSError):
+                continue                      # not ours to judge: `volt snapshots verify` reports it
+            snaps.append((created, name, path))
+        snaps.sort()
+        if not snaps:
+            return []
+        keep = {snaps[-1][1]}                                          # the newest
+        if self.booted_from.startswith("snapshot "):
+            keep.add(self.booted_from.removeprefix("snapshot "))       # the one in use
+        now = time.time()
+        doomed = []
+        excess = len(snaps) - count if count else 0
+        for created, name, path in snaps:
+            if name in keep:
+                continue
+            too_many = excess > 0
+            too_old = max_age is not None and now - created > max_age
+            if too_many or too_old:
+                doomed.append((name, path))
+                excess -= 1
+        for name, path in doomed:
+            import shutil
+            tmp = os.path.join(self.dir, f".{name}.deleting-{os.getpid()}")
+            try:
+                os.rename(path, tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                pass
+        return [n for n, _ in doomed]
