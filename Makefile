@@ -28,9 +28,16 @@ system-deps:
 
 demo: $(STAMP)
 	$(PY) -m compileall -q volt_spec
-	$(VENV)/bin/volt guest build
-	$(VENV)/bin/volt-vmm --kernel "$$($(VENV)/bin/volt guest build)" --vcpus 2 --memory 128 \
-	  --cmdline "volt.ticks=3 volt.tick_ms=200 volt.poweroff"
+	@echo "== volt host"; $(VENV)/bin/volt host
+	@echo "== volt apply examples/vms/hello.yaml"; $(VENV)/bin/volt apply examples/vms/hello.yaml
+	@echo "== volt status"; $(VENV)/bin/volt status
+	@$(PY) -c "import subprocess,time; [time.sleep(0.1) for _ in range(60) if b'tick 3 ' not in subprocess.run(['$(VENV)/bin/volt','logs','hello'],capture_output=True).stdout]"
+	@echo "== volt logs hello --tail 6"; $(VENV)/bin/volt logs hello --tail 6
+	@echo "== volt snapshot hello"; $(VENV)/bin/volt snapshot hello
+	@echo "== volt delete hello"; $(VENV)/bin/volt delete hello
+	@echo "== volt apply examples/vms/hello.yaml (restores the snapshot)"; $(VENV)/bin/volt apply examples/vms/hello.yaml
+	@$(VENV)/bin/volt status
+	@$(VENV)/bin/volt delete hello --purge
 
 test: $(STAMP)
 	$(PY) -m compileall -q volt_spec

@@ -371,7 +371,11 @@ def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot t
     if path is None:
         _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
         raise typer.Exit(rc.FAILED)
-    row = summary(path, path.parent.name, deep=True)
+    from .runner.progress import Progress
+    bar = Progress((path / "memory.snap").stat().st_size if (path / "memory.snap").exists() else 1,
+                   f"verifying {snapshot_id}")
+    row = summary(path, path.parent.name, deep=True, progress=bar)
+    bar.close()
     if not row["valid"]:
         typer.echo(f"snapshot {snapshot_id}: INVALID: {row['reason']}")
         raise typer.Exit(rc.FAILED)

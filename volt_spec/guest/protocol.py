@@ -4,12 +4,14 @@ The guest (sources in ``src/``) writes these lines to COM1; the helpers here
 build its command line and recognise its lines, so tests assert against
 one definition.  ``mem_checksum`` recomputes the ring-3 workload's checksum
 (a pure function of the region size), so a ``mem-ok`` line can be checked
-exactly.
+exactly; ``blk_image``/``blk_checksum`` do the same for the virtio-blk task
+(src/blk.c), so a host test can check both the line and the disk file.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 
 MIB = 1 << 20
 MEM_REGION_BASE = 16 * MIB        # src/main.c MEM_REGION_BASE: the workload fills [16 MiB, 16 MiB + mem)
@@ -18,6 +20,15 @@ PATTERN_MUL = 0x9E3779B97F4A7C15  # src/user.c: word at address a = (a * MUL) ^ 
 PATTERN_XOR = 0x5A17C0DE0B5E55ED
 _MASK64 = (1 << 64) - 1
 
+SECTOR_SIZE = 512                 # src/blk.c: virtio-blk sectors
+BLK_DEFAULT_SECTORS = 128         # volt.blk_sectors default (64 KiB)
+NET_DEFAULT_COUNT = 8             # volt.net_count default
+NET_DEFAULT_IP = "10.0.2.15"      # volt.ip default
+NET_DEFAULT_PEER = "10.0.2.1"     # volt.peer default
+IO_REPORT_MS = 100                # volt.io=loop: at most one blk-round / net-round line per this
+_WORDS_PER_SECTOR = SECTOR_SIZE // 8
+_SECTOR_STRUCT = struct.Struct(f"<{_WORDS_PER_SECTOR}Q")
+
 READY_RE = re.compile(r"^VOLT-READY uptime_ms=(\d+) cpus=(\d+) mem_mib=(\d+)$")
 CPU_UP_RE = re.compile(r"^cpu (\d+) up$")
 TICK_RE = re.compile(r"^tick (\d+) clock_ms=(\d+)$")
@@ -25,14 +36,38 @@ MEM_OK_RE = re.compile(r"^mem-ok ([0-9a-f]{16})$")
 MEM_CORRUPT_RE = re.compile(r"^mem-CORRUPT ([0-9a-f]{16})$")
 MEM_ERROR_PREFIX = "mem-ERROR "     # volt.mem did not fit in RAM above 16 MiB: no workload
 PANIC_RE = re.compile(r"^VOLT-PANIC vector=(\d+) rip=([0-9a-f]+) err=([0-9a-f]+)$")
+BLK_OK_RE = re.compile(r"^blk-ok (\d+) ([0-9a-f]{16})$")
+BLK_RO_OK = "blk-ro-ok"
+BLK_READ_RE = re.compile(r"^blk-read ([0-9a-f]{16})$")
+BLK_ROUND_RE = re.compile(r"^blk-round (\d+) ok ([0-9a-f]{16})$")
+BLK_FAIL_PREFIX = "blk-FAIL "
+NET_OK_RE = re.compile(r"^net-ok (\d+) (\d+)$")
+NET_ROUND_RE = re.compile(r"^net-round (\d+) (\d+) (\d+)$")
+NET_FAIL_PREFIX = "net-FAIL "
 POWEROFF = "VOLT-POWEROFF"
 CTRL_ALT_DEL = "VOLT-CTRL-ALT-DEL"
 
 
 def cmdline(
-    ticks: int | None = None, tick_ms: int | None = None, mem_mib: int = 0, poweroff: bool = False
+    ticks: int | None = None,
+    tick_ms: int | None = None,
+    mem_mib: int = 0,
+    poweroff: bool = False,
+    *,
+    blk: str | None = None,
+    blk_sectors: int | None = None,
+    net: bool = False,
+    net_count: int | None = None,
+    ip: str | None = None,
+    peer: str | None = None,
+    io_loop: bool = False,
 ) -> str:
-    """The guest's command line; ``ticks=None`` prints no ticks, ``ticks=0`` ticks forever."""
+    """The guest's command line; ``ticks=None`` prints no ticks, ``ticks=0`` ticks forever.
+
+    ``blk`` is ``"rw"`` or ``"ro"``; ``net`` asks for the echo task; ``io_loop``
+    repeats both forever.  With ``poweroff`` and no finite tick count, a guest
+    with I/O tasks powers off once they finish (never, with ``io_loop``).
+    """
     words = []
     if ticks is not None:
         words.append(f"volt.ticks={ticks}")
@@ -42,6 +77,22 @@ def cmdline(
         words.append(f"volt.mem={mem_mib}")
     if poweroff:
         words.append("volt.poweroff")
+    if blk is not None:
+        if blk not in ("rw", "ro"):
+            raise ValueError(f"blk must be 'rw' or 'ro', not {blk!r}")
+        words.append(f"volt.blk={blk}")
+    if blk_sectors is not None:
+        words.append(f"volt.blk_sectors={blk_sectors}")
+    if net:
+        words.append("volt.net=echo")
+    if net_count is not None:
+        words.append(f"volt.net_count={net_count}")
+    if ip is not None:
+        words.append(f"volt.ip={ip}")
+    if peer is not None:
+        words.append(f"volt.peer={peer}")
+    if io_loop:
+        words.append("volt.io=loop")
     return " ".join(words)
 
 
@@ -56,3 +107,57 @@ def mem_checksum(mem_mib: int) -> str:
         word = ((addr * mul) & mask) ^ xor
         total = (((total << 7) | (total >> 57)) & mask) ^ word
     return f"{total:016x}"
+
+
+def _fold(total: int, words: tuple[int, ...] | list[int]) -> int:
+    mask = _MASK64
+    for word in words:
+        total = (((total << 7) | (total >> 57)) & mask) ^ word
+    return total
+
+
+def blk_sector(sector: int, round_: int = 0) -> bytes:
+    """The 512 bytes src/blk.c writes to ``sector`` in round ``round_`` (0 for ``volt.blk=rw``).
+
+    Word 0 is ``round << 32 | sector``; word i > 0 is
+    ``((round << 38 | sector << 6 | i) * MUL) ^ XOR`` (mod 2^64), little-endian.
+    """
+    mul, xor, mask = PATTERN_MUL, PATTERN_XOR, _MASK64
+    base = ((round_ << 38) | (sector << 6)) & mask
+    words = [((round_ << 32) | (sector & 0xFFFFFFFF)) & mask]
+    words += [(((base | i) * mul) & mask) ^ xor for i in range(1, _WORDS_PER_SECTOR)]
+    return _SECTOR_STRUCT.pack(*words)
+
+
+def blk_image(sectors: int = BLK_DEFAULT_SECTORS, round_: int = 0) -> bytes:
+    """The first ``sectors`` sectors of a disk after a completed round ``round_``."""
+    return b"".join(blk_sector(s, round_) for s in range(sectors))
+
+
+def blk_checksum_of(data: bytes) -> str:
+    """The checksum the guest prints for these disk bytes (whole sectors), as 16 hex digits.
+
+    ``blk-read`` prints it for whatever the first N sectors hold.
+    """
+    if len(data) % SECTOR_SIZE:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {SECTOR_SIZE}-byte sectors")
+    total = 0
+    for off in range(0, len(data), SECTOR_SIZE):
+        total = _fold(total, _SECTOR_STRUCT.unpack_from(data, off))
+    return f"{total:016x}"
+
+
+def blk_checksum(sectors: int = BLK_DEFAULT_SECTORS, round_: int = 0) -> str:
+    """The checksum in ``blk-ok`` (round 0) or ``blk-round <round_> ok`` lines."""
+    return blk_checksum_of(blk_image(sectors, round_))
+
+
+def blk_sector_round(data: bytes, sector: int) -> int | None:
+    """Which round's pattern ``data`` (one sector read from ``sector``) holds, or None if none."""
+    if len(data) != SECTOR_SIZE:
+        raise ValueError(f"a sector is {SECTOR_SIZE} bytes, got {len(data)}")
+    word0 = _SECTOR_STRUCT.unpack_from(data)[0]
+    round_ = word0 >> 32
+    if word0 & 0xFFFFFFFF != sector & 0xFFFFFFFF or blk_sector(sector, round_) != data:
+        return None
+    return round_

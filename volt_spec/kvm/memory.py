@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
@@ -71,6 +72,10 @@ class GuestMemory:
         region.map[off:off + len(data)] = data
 
     def close(self) -> None:
+        closed_fds = set()
         for r in self.regions:
             del r._anchor
             r.map.close()
+            if r.backing is not None and r.backing[0] not in closed_fds:
+                closed_fds.add(r.backing[0])
+                os.close(r.backing[0])

@@ -21,7 +21,7 @@ def new_id(vm_name: str) -> str:
     return f"{vm_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
-def summary(path: Path, vm: str, deep: bool = False) -> dict:
+def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
     """One catalogue row; `valid` checks the state CRC (and with deep=True the memory checksum)."""
     from ..snapshot.format import SnapshotError, read_state
     row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None,
@@ -42,7 +42,7 @@ def summary(path: Path, vm: str, deep: bool = False) -> dict:
         if deep:
             from ..snapshot.memory_file import memory_digest
             want = state["memory"].get("sha256")
-            if want and memory_digest(str(mem)) != want:
+            if want and memory_digest(str(mem), progress) != want:
                 raise SnapshotError("memory.snap does not match the checksum recorded at creation")
         row["valid"] = True
     except (SnapshotError, OSError, KeyError, ValueError, TypeError) as e:

@@ -16,7 +16,10 @@ import time
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .format import MEMORY_FILE, STATE_FILE, SnapshotError, encode
-from .memory_file import memory_digest, write_memory
+from .memory_file import ForkedWrite, MemoryFileError, memory_digest, write_memory
+
+# Copy guest memory in a forked child so the guest is paused only for the fork.
+FORK_WRITER = os.environ.get("VOLT_SNAPSHOT_FORK", "1") != "0"
 from .vcpu_state import save_vcpu, xsave_size
 from .vm_state import save_vm
 
@@ -50,15 +53,24 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
         was_running = machine.state == "Running"
         t0 = time.perf_counter()
         machine.pause()
+        writer = None
         try:
             vcpus = [save_vcpu(v, machine.msr_indices, xsize) for v in machine.vcpus]
             vm = save_vm(machine.vm)
             devices = machine.save_devices()
-            memory = write_memory(machine.memory, os.path.join(tmp, MEMORY_FILE))
+            if FORK_WRITER:
+                writer = ForkedWrite(machine.memory, os.path.join(tmp, MEMORY_FILE))
+            else:
+                memory = write_memory(machine.memory, os.path.join(tmp, MEMORY_FILE))
         finally:
             if resume and was_running:
                 machine.resume()
         paused_ms = (time.perf_counter() - t0) * 1000
+        if writer is not None:
+            try:
+                memory = writer.wait()
+            except MemoryFileError as e:
+                raise SnapshotError(str(e)) from None
         memory["sha256"] = memory_digest(os.path.join(tmp, MEMORY_FILE))
         c = machine.config
         state = {

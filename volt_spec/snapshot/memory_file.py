@@ -113,8 +113,54 @@ def write_memory(memory: GuestMemory, path: str) -> dict:
     return {"file": os.path.basename(path), "size": total, "regions": regions, "data_bytes": written}
 
 
-def memory_digest(path: str) -> str:
-    """sha256 over the file's non-zero 2 MiB chunks and their indexes (holes are skipped unread)."""
+class ForkedWrite:
+    """memory.snap written by a forked child from its copy-on-write view of guest RAM.
+
+    The guest need only be paused for the fork itself: the child sees memory exactly as
+    it was at that instant while the parent resumes the vCPUs (each page the guest then
+    writes is copied once by the kernel). The child uses only raw system calls and
+    leaves with os._exit; its result comes back through a pipe as JSON.
+    """
+
+    def __init__(self, memory: GuestMemory, path: str) -> None:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                         # child
+            code = 0
+            try:
+                os.close(rfd)
+                import json
+                result = json.dumps(write_memory(memory, path)).encode()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                result, code = f"ERROR {type(e).__name__}: {e}".encode(), 1
+            try:
+                os.write(wfd, result)
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        self.pid, self.rfd = pid, rfd
+
+    def wait(self) -> dict:
+        chunks = []
+        while True:
+            data = os.read(self.rfd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+        os.close(self.rfd)
+        _, status = os.waitpid(self.pid, 0)
+        raw = b"".join(chunks)
+        if os.waitstatus_to_exitcode(status) != 0 or raw.startswith(b"ERROR"):
+            message = raw.decode(errors="replace").removeprefix("ERROR ") or f"writer exited with {status}"
+            raise MemoryFileError(f"writing guest memory failed: {message}")
+        import json
+        return json.loads(raw)
+
+
+def memory_digest(path: str, progress=None) -> str:
+    """sha256 over the file's non-zero 2 MiB chunks and their indexes (holes are skipped unread).
+
+    `progress(bytes)` is called as the file is covered (for a progress bar)."""
     import hashlib
     h = hashlib.sha256()
     zero = bytes(DIGEST_CHUNK)
@@ -127,6 +173,8 @@ def memory_digest(path: str) -> str:
             except OSError:
                 break                                     # ENXIO: only a hole remains
             hole = os.lseek(fd, data_start, os.SEEK_HOLE)
+            if progress:
+                progress(data_start - pos)
             chunk = data_start - data_start % DIGEST_CHUNK
             while chunk < hole:
                 block = os.pread(fd, DIGEST_CHUNK, chunk)
@@ -134,6 +182,8 @@ def memory_digest(path: str) -> str:
                     h.update(chunk.to_bytes(8, "little"))
                     h.update(block)
                 chunk += DIGEST_CHUNK
+                if progress:
+                    progress(DIGEST_CHUNK)
             pos = max(hole, chunk)
     h.update(size.to_bytes(8, "little"))
     return h.hexdigest()

@@ -29,10 +29,10 @@ def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> 
         raise SnapshotError(f"{where}: XSAVE area of {saved} bytes, this host uses {xsave_size}")
 
 
-def load(snapshot_dir: str) -> tuple[dict, object]:
+def load(snapshot_dir: str, xsave_size: int | None = None) -> tuple[dict, object]:
     """Verified state and its memory, mapped MAP_PRIVATE (nothing created in KVM yet)."""
     state = read_state(snapshot_dir)
-    check_compatible(state, snapshot_dir)
+    check_compatible(state, snapshot_dir, xsave_size)
     try:
         memory = map_memory(os.path.join(snapshot_dir, state["memory"].get("file", MEMORY_FILE)),
                             state["memory"])
@@ -45,7 +45,8 @@ def load(snapshot_dir: str) -> tuple[dict, object]:
 
 def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int]:
     """Create the vCPUs and restore vCPU, VM and device state, in the documented order."""
-    machine.create_vcpus()
+    machine.create_vcpus()          # overlaps the memory-slot registration thread
+    machine.wait_memory()           # vCPU state (kvmclock MSRs, page tables) refers to guest RAM
     refused: list[int] = []
     try:
         for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):

@@ -237,6 +237,21 @@ class Machine:
         vcpu.set_regs(regs)
         vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
 
+    def close(self) -> None:
+        """Release the VM (vCPU fds, VM fd, guest memory) after it stopped or failed to build."""
+        self.wait_memory_quietly()
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus.clear()
+        self.vm.close()
+        self.memory.close()
+
+    def wait_memory_quietly(self) -> None:
+        try:
+            self.wait_memory()
+        except OSError:
+            pass
+
     def create_vcpus(self) -> None:
         """Bare vCPUs for a restore: their state comes from the snapshot."""
         mmap_size = self.kvm.get_vcpu_mmap_size()

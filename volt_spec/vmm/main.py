@@ -214,20 +214,26 @@ def boot(kvm, config):
 
 def restore(kvm, snapshot_dir: str, clock: str = "continue"):
     """Build the VM from a snapshot (memory mapped MAP_PRIVATE) and start the vCPUs."""
-    from ..snapshot.restore import check_compatible, load, restore_into
+    from ..snapshot.restore import load, restore_into
+    from ..snapshot.vcpu_state import xsave_size
     from .config import VmConfig
     from .machine import Machine
 
-    state, memory = load(snapshot_dir)
+    state, memory = load(snapshot_dir, xsave_size(kvm))
     meta, bootinfo = state["meta"], state.get("boot", {})
     config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
                       cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
                       vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
-    machine = Machine(kvm, config, memory=memory)
-    from ..snapshot.vcpu_state import xsave_size
-    check_compatible(state, snapshot_dir, xsave_size(kvm))
-    machine.wait_memory()
-    restore_into(machine, state, clock)
+    try:
+        machine = Machine(kvm, config, memory=memory)
+    except BaseException:
+        memory.close()
+        raise
+    try:
+        restore_into(machine, state, clock)
+    except BaseException:
+        machine.close()
+        raise
     machine.start()
     snap_id = os.path.basename(os.path.normpath(snapshot_dir))
     return machine, bootinfo.get("boot") or "snapshot", f"snapshot {snap_id}"

@@ -57,6 +57,8 @@ struct gas {
 struct platform platform;
 static const u8 *fadt;
 
+static u64 find_dsdt(void);
+
 static int sig_is(const void *p, const char *sig)
 {
     return *(const u32 *)p == *(const u32 *)sig;
@@ -120,10 +122,11 @@ void acpi_init(u64 rsdp_paddr)
         else if (sig_is(t, "FACP"))
             fadt = t;
     }
+    if (fadt)
+        platform.dsdt = find_dsdt();
 }
 
-/* SLP_TYP of \_S5: find "_S5_" PackageOp in the DSDT and decode element 0. */
-static u32 s5_slp_typ(void)
+static u64 find_dsdt(void)
 {
     u32 fadt_len = ((const struct sdt_header *)fadt)->length;
     u64 dsdt = 0;
@@ -131,6 +134,13 @@ static u32 s5_slp_typ(void)
         dsdt = *(const u64 *)(fadt + FADT_X_DSDT);
     if (!dsdt)
         dsdt = *(const u32 *)(fadt + FADT_DSDT);
+    return dsdt;
+}
+
+/* SLP_TYP of \_S5: find "_S5_" PackageOp in the DSDT and decode element 0. */
+static u32 s5_slp_typ(void)
+{
+    u64 dsdt = platform.dsdt;
     if (!dsdt)
         return DEFAULT_S5_SLP_TYP;
     const u8 *aml = (const u8 *)dsdt;

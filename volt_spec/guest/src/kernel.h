@@ -119,6 +119,7 @@ struct platform {
     u32 apic_ids[MAX_CPUS];
     u64 mem_mib;
     u64 rsdp;
+    u64 dsdt;                      /* from the FADT; 0 if none */
 };
 extern struct platform platform;
 void acpi_init(u64 rsdp_paddr);
@@ -137,7 +138,8 @@ void ioapic_route_keyboard(u32 dest);
 /* main.c, user.c, boot.S */
 void trap(struct trap_frame *f);
 void ap_main(void);
-void user_main(u64 base, u64 bytes, u64 report_tsc);
+struct user_args;
+void user_main(const struct user_args *a);
 __attribute__((noreturn)) void enter_user(void *rip, void *rsp, u64 a0, u64 a1, u64 a2);
 extern char ap_trampoline[], ap_trampoline_end[];
 extern volatile u32 ap_up_count;

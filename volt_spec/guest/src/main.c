@@ -2,9 +2,10 @@
  * main.c - BSP boot sequence, command line, interrupt dispatch, AP entry.
  *
  * Boot: PVH info -> kvmclock -> ACPI (CPUs) -> x2APIC -> start APs and wait
- * (halted, woken by their IPIs) -> VOLT-READY -> ticks / ring-3 workload.
+ * (halted, woken by their IPIs) -> VOLT-READY -> ticks / ring-3 workload
+ * (volt.mem, and the virtio tasks volt.blk / volt.net, all in user.c).
  */
-#include "kernel.h"
+#include "virtio.h"
 
 #define HVM_START_MAGIC     0x336ec578
 #define E820_RAM            1
@@ -40,6 +41,7 @@ struct config {
     u64 tick_ms;
     u64 mem_mib;
     int poweroff;
+    int io;             /* volt.blk= or volt.net= given: ring 3 drives virtio devices */
 };
 
 static struct config cfg = { .tick_ms = 1000 };
@@ -52,6 +54,8 @@ u32 bsp_apic_id;
 static u64 ram_ranges[8][2];
 static u32 ram_range_count;
 static u8 user_stack[USER_STACK_SIZE] __attribute__((aligned(16)));
+static struct user_args user_args;
+static const char *cmdline_text = "";
 
 /* ---- command line ---- */
 
@@ -105,6 +109,8 @@ static const char key_ticks[16] = "volt.ticks=";
 static const char key_tick_ms[16] = "volt.tick_ms=";
 static const char key_mem[16] = "volt.mem=";
 static const char key_poweroff[16] = "volt.poweroff";
+static const char key_blk[16] = "volt.blk=";
+static const char key_net[16] = "volt.net=";
 
 static void parse_cmdline(const char *s)
 {
@@ -125,6 +131,8 @@ static void parse_cmdline(const char *s)
             cfg.mem_mib = parse_dec(s + 9, end);
         } else if (n == 13 && has_prefix(s, n, key_poweroff, 13)) {
             cfg.poweroff = 1;
+        } else if (has_prefix(s, n, key_blk, 9) || has_prefix(s, n, key_net, 9)) {
+            cfg.io = 1;     /* the rest of the I/O words are parsed in ring 3 */
         }
         s = end;
     }
@@ -210,10 +218,28 @@ static void on_keyboard(void)
     }
 }
 
-/* Ring 3 prints one line: rdi = string, rsi = length (newline included by the caller). */
+/* Power off now unless a finite tick count will do it later. */
+static int poweroff_when_idle(void) { return cfg.poweroff && !(cfg.ticks_given && cfg.ticks); }
+
+/*
+ * Ring 3 system calls (rax): SYS_WRITE prints one line (rdi = string, rsi =
+ * length, newline included); SYS_IDLE means ring 3 has nothing left to do:
+ * power off (volt.poweroff) or halt here, with interrupts on, for good.
+ */
 static void on_syscall(struct trap_frame *f)
 {
-    serial_write((const char *)f->rdi, (u32)(f->rsi < 256 ? f->rsi : 256));
+    switch (f->rax) {
+    case SYS_WRITE:
+        serial_write((const char *)f->rdi, (u32)(f->rsi < 256 ? f->rsi : 256));
+        break;
+    case SYS_IDLE:
+        if (poweroff_when_idle())
+            acpi_poweroff();
+        for (;;)
+            __asm__ volatile("sti; hlt; cli" ::: "memory");
+    default:
+        break;
+    }
 }
 
 /*
@@ -304,20 +330,28 @@ static void wait_for_aps(u32 expected)
 
 /* ---- BSP ---- */
 
-static void start_memory_workload(void)
+/* Enter ring 3 for the memory workload and/or the virtio tasks; returns only if neither runs. */
+static void start_user_workload(void)
 {
     u64 bytes = cfg.mem_mib * MIB;
-    if (!ram_contains(MEM_REGION_BASE, MEM_REGION_BASE + bytes)) {
+    if (bytes && !ram_contains(MEM_REGION_BASE, MEM_REGION_BASE + bytes)) {
         struct line l;
         l.len = 0;
         line_str(&l, "mem-ERROR volt.mem=");
         line_dec(&l, cfg.mem_mib);
         line_str(&l, " does not fit in RAM above 16 MiB");
         line_emit(&l);
-        return;
+        bytes = 0;
     }
-    enter_user((void *)user_main, user_stack + USER_STACK_SIZE,
-               MEM_REGION_BASE, bytes, MEM_REPORT_MS * tsc_per_ms());
+    if (!bytes && !cfg.io)
+        return;
+    user_args.mem_base = MEM_REGION_BASE;
+    user_args.mem_bytes = bytes;
+    user_args.report_tsc = MEM_REPORT_MS * tsc_per_ms();
+    user_args.tsc_khz = tsc_per_ms();
+    user_args.cmdline = cmdline_text;
+    user_args.dsdt = platform.dsdt;
+    enter_user((void *)user_main, user_stack + USER_STACK_SIZE, (u64)&user_args, 0, 0);
 }
 
 void kmain(u32 start_info_paddr)
@@ -330,8 +364,10 @@ void kmain(u32 start_info_paddr)
         print("VOLT-PANIC bad hvm_start_info magic");
         halt_forever();
     }
-    if (si->cmdline_paddr)
-        parse_cmdline((const char *)si->cmdline_paddr);
+    if (si->cmdline_paddr) {
+        cmdline_text = (const char *)si->cmdline_paddr;
+        parse_cmdline(cmdline_text);
+    }
     read_memmap(si);
     acpi_init(si->rsdp_paddr);
     apic_init_bsp();
@@ -354,15 +390,15 @@ void kmain(u32 start_info_paddr)
     line_dec(&l, platform.mem_mib);
     line_emit(&l);
 
-    if (cfg.poweroff && !(cfg.ticks_given && cfg.ticks))
+    if (poweroff_when_idle() && !cfg.io)
         acpi_poweroff();
     if (cfg.ticks_given) {
         tick_period_tsc = cfg.tick_ms * tsc_per_ms();
         ticking = 1;
         arm_next_tick();
     }
-    if (cfg.mem_mib)
-        start_memory_workload();
+    if (cfg.mem_mib || cfg.io)
+        start_user_workload();
     for (;;)
         __asm__ volatile("sti; hlt" ::: "memory");
 }

@@ -1,68 +1,214 @@
 /*
- * user.c - the ring-3 memory workload (runs natively on PVM).
+ * user.c - ring 3 (runs natively on PVM): the memory workload, the I/O tasks'
+ * scheduler, and the user-mode helpers (printing, command line, time).
  *
- * Fills the region with a pattern that is a pure function of the address,
- * then verifies it forever.  Only ring-3-safe code here: no kernel calls,
- * printing goes through int 0x80.
+ * The memory region is filled with a pattern that is a pure function of the
+ * address, then verified forever, one MiB per step, so the blk/net tasks
+ * get polled between steps.  Only ring-3-safe code here: the kernel is
+ * reached through int 0x80 (rax = SYS_WRITE or SYS_IDLE).
  */
-#include "kernel.h"
+#include "virtio.h"
 
 #define PATTERN_MUL     0x9e3779b97f4a7c15UL
 #define PATTERN_XOR     0x5a17c0de0b5e55edUL
+#define MEM_STEP_BYTES  (1UL << 20)
+
+static u64 tsc_khz;
 
 static inline u64 pattern(u64 addr) { return (addr * PATTERN_MUL) ^ PATTERN_XOR; }
 
-static inline u64 user_rdtsc(void)
+u64 user_rdtsc(void)
 {
     u32 lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((u64)hi << 32) | lo;
 }
 
-/* int 0x80 (rdi = string, rsi = length); the kernel takes it via the gate or via #UD on PVM. */
+u64 user_ms_to_tsc(u64 ms) { return ms * tsc_khz; }
+
+/* int 0x80; the kernel takes it via the DPL-3 gate, or via #UD on PVM. */
 static void user_write(const char *s, u64 len)
 {
-    __asm__ volatile("int $0x80" :: "D"(s), "S"(len) : "memory");
+    __asm__ volatile("int $0x80" :: "a"((u64)SYS_WRITE), "D"(s), "S"(len) : "memory");
 }
+
+void user_emit(struct line *l)
+{
+    l->buf[l->len++] = '\n';
+    user_write(l->buf, l->len);
+    l->len = 0;
+}
+
+void user_idle(void)
+{
+    for (;;)
+        __asm__ volatile("int $0x80" :: "a"((u64)SYS_IDLE) : "memory");
+}
+
+/* ---- command line ---- */
+
+static u32 word_end(const char *s)
+{
+    u32 n = 0;
+    while (s[n] && s[n] != ' ')
+        n++;
+    return n;
+}
+
+/* The value of the first "key..." word at or after s (key includes '='), or NULL. */
+const char *cmdline_value(const char *s, const char *key, u32 *len)
+{
+    while (*s) {
+        if (*s == ' ') {
+            s++;
+            continue;
+        }
+        u32 n = word_end(s), k = 0;
+        while (key[k] && k < n && s[k] == key[k])
+            k++;
+        if (!key[k]) {
+            *len = n - k;
+            return s + k;
+        }
+        s += n;
+    }
+    return NULL;
+}
+
+/* Decimal or 0x-hex; *used = characters consumed. */
+u64 parse_u64(const char *s, u32 len, u32 *used)
+{
+    u64 v = 0;
+    u32 i = 0;
+    if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        for (i = 2; i < len; i++) {
+            char c = s[i];
+            u32 d = c >= '0' && c <= '9' ? (u32)(c - '0') : c >= 'a' && c <= 'f' ? (u32)(c - 'a' + 10)
+                  : c >= 'A' && c <= 'F' ? (u32)(c - 'A' + 10) : 16;
+            if (d == 16)
+                break;
+            v = v << 4 | d;
+        }
+    } else {
+        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+            v = v * 10 + (u64)(s[i] - '0');
+    }
+    *used = i;
+    return v;
+}
+
+/* "a.b.c.d" into a host-order u32 (a in the top byte); 0 when malformed. */
+int parse_ipv4(const char *s, u32 len, u32 *out)
+{
+    u32 ip = 0, used;
+    for (int part = 0; part < 4; part++) {
+        u64 v = parse_u64(s, len, &used);
+        if (!used || v > 255)
+            return 0;
+        ip = ip << 8 | (u32)v;
+        s += used;
+        len -= used;
+        if (part < 3) {
+            if (!len || *s != '.')
+                return 0;
+            s++;
+            len--;
+        }
+    }
+    if (len)
+        return 0;
+    *out = ip;
+    return 1;
+}
+
+/* ---- memory workload ---- */
+
+struct mem_state {
+    volatile u64 *base;
+    u64 words, next, sum, last_report, report_tsc, bad;
+    int first, corrupt;
+};
+
+static struct mem_state mem;
 
 static void report(const char *prefix, u64 value)
 {
-    char buf[64];
-    u64 n = 0;
-    while (*prefix)
-        buf[n++] = *prefix++;
-    for (int shift = 60; shift >= 0; shift -= 4)
-        buf[n++] = "0123456789abcdef"[(value >> shift) & 0xf];
-    buf[n++] = '\n';
-    user_write(buf, n);
+    struct line l;
+    l.len = 0;
+    line_str(&l, prefix);
+    line_hex(&l, value, 16);
+    user_emit(&l);
 }
 
-void user_main(u64 base, u64 bytes, u64 report_tsc)
+static void mem_start(const struct user_args *a)
 {
-    volatile u64 *p = (volatile u64 *)base;
-    u64 words = bytes / 8;
-    for (u64 i = 0; i < words; i++)
-        p[i] = pattern((u64)&p[i]);
-    u64 last_report = 0;
-    int first = 1;
+    mem.base = (volatile u64 *)a->mem_base;
+    mem.words = a->mem_bytes / 8;
+    mem.report_tsc = a->report_tsc;
+    mem.first = 1;
+    for (u64 i = 0; i < mem.words; i++)
+        mem.base[i] = pattern((u64)&mem.base[i]);
+}
+
+/* Verify the next MiB; at the end of a pass, report (rate-limited) and start over. */
+static void mem_step(void)
+{
+    u64 end = mem.next + MEM_STEP_BYTES / 8;
+    if (end > mem.words)
+        end = mem.words;
+    u64 sum = mem.sum;
+    for (u64 i = mem.next; i < end; i++) {
+        u64 w = mem.base[i];
+        if (w != pattern((u64)&mem.base[i]) && !mem.corrupt) {
+            mem.corrupt = 1;
+            mem.bad = (u64)&mem.base[i];
+        }
+        sum = ((sum << 7) | (sum >> 57)) ^ w;
+    }
+    mem.sum = sum;
+    mem.next = end;
+    if (end < mem.words)
+        return;
+    u64 now = user_rdtsc();
+    if (mem.corrupt) {
+        report("mem-CORRUPT ", mem.bad);
+    } else if (mem.first || now - mem.last_report >= mem.report_tsc) {
+        report("mem-ok ", sum);
+        mem.last_report = now;
+        mem.first = 0;
+    }
+    mem.next = mem.sum = 0;
+    mem.corrupt = 0;
+}
+
+/* ---- entry ---- */
+
+static struct virtio_window windows[VIRTIO_MAX_WINDOWS];
+
+void user_main(const struct user_args *a)
+{
+    tsc_khz = a->tsc_khz;
+    u32 len;
+    int want_blk = cmdline_value(a->cmdline, "volt.blk=", &len) != NULL;
+    int want_net = cmdline_value(a->cmdline, "volt.net=", &len) != NULL;
+    u32 n = want_blk || want_net ? virtio_discover(a, windows, VIRTIO_MAX_WINDOWS) : 0;
+    if (want_blk)
+        blk_start(a, windows, n);
+    if (want_net)
+        net_start(a, windows, n);
+    if (a->mem_bytes)
+        mem_start(a);
+    int blk_busy = want_blk, net_busy = want_net;
     for (;;) {
-        u64 sum = 0, bad = 0;
-        int corrupt = 0;
-        for (u64 i = 0; i < words; i++) {
-            u64 w = p[i];
-            if (w != pattern((u64)&p[i]) && !corrupt) {
-                corrupt = 1;
-                bad = (u64)&p[i];
-            }
-            sum = ((sum << 7) | (sum >> 57)) ^ w;
-        }
-        u64 now = user_rdtsc();
-        if (corrupt) {
-            report("mem-CORRUPT ", bad);
-        } else if (first || now - last_report >= report_tsc) {
-            report("mem-ok ", sum);
-            last_report = now;
-            first = 0;
-        }
+        if (blk_busy)
+            blk_busy = blk_poll();
+        if (net_busy)
+            net_busy = net_poll();
+        if (a->mem_bytes)
+            mem_step();
+        else if (!blk_busy && !net_busy)
+            user_idle();
+        else
+            __asm__ volatile("pause");
     }
 }
