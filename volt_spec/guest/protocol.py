@@ -110,9 +110,10 @@ def mem_checksum(mem_mib: int) -> str:
 
 
 def _fold(total: int, words: tuple[int, ...] | list[int]) -> int:
-    mask = _MASK64
+    """src/blk.c fold(): sum = (rotl(sum, 7) ^ w) * MUL, so sector order matters."""
+    mask, mul = _MASK64, PATTERN_MUL
     for word in words:
-        total = (((total << 7) | (total >> 57)) & mask) ^ word
+        total = (((((total << 7) | (total >> 57)) & mask) ^ word) * mul) & mask
     return total
 
 

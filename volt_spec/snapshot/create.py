@@ -38,6 +38,11 @@ def host_identity() -> dict:
             "cpu_model": cpu["model_name"], "cpu_family": cpu["family"], "cpu_model_number": cpu["model"]}
 
 
+def quiesced(machine):
+    from contextlib import nullcontext
+    return machine.virtio.quiesced() if machine.virtio is not None else nullcontext()
+
+
 def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool = True) -> dict:
     """Write a complete snapshot of `machine` to the new directory `dest`; returns a summary."""
     dest = os.path.abspath(dest)
@@ -54,14 +59,18 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
         t0 = time.perf_counter()
         machine.pause()
         writer = None
+        virtio = None
         try:
-            vcpus = [save_vcpu(v, machine.msr_indices, xsize) for v in machine.vcpus]
-            vm = save_vm(machine.vm)
-            devices = machine.save_devices()
-            if FORK_WRITER:
-                writer = ForkedWrite(machine.memory, os.path.join(tmp, MEMORY_FILE))
-            else:
-                memory = write_memory(machine.memory, os.path.join(tmp, MEMORY_FILE))
+            with quiesced(machine):     # device I/O threads hold still: memory and queues agree
+                vcpus = [save_vcpu(v, machine.msr_indices, xsize) for v in machine.vcpus]
+                vm = save_vm(machine.vm)
+                devices = machine.save_devices()
+                if machine.virtio is not None:
+                    virtio = machine.virtio.save(tmp)
+                if FORK_WRITER:
+                    writer = ForkedWrite(machine.memory, os.path.join(tmp, MEMORY_FILE))
+                else:
+                    memory = write_memory(machine.memory, os.path.join(tmp, MEMORY_FILE))
         finally:
             if resume and was_running:
                 machine.resume()
@@ -82,6 +91,8 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
             "vm": vm,
             "devices": devices,
         }
+        if virtio is not None:
+            state["virtio"] = virtio
         with open(os.path.join(tmp, STATE_FILE), "wb") as f:
             f.write(encode(state))
             f.flush()

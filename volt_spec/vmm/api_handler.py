@@ -43,6 +43,7 @@ class VmmApi:
                 "vcpu_exits": list(m.exit_counts),
                 "unknown_pio": sum(m.pio.unknown.values()),
                 "unknown_mmio": sum(m.mmio.unknown.values()),
+                "virtio": m.virtio.counters() if m.virtio is not None else {},
             },
         }
 

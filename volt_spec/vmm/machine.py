@@ -135,6 +135,7 @@ class Machine:
         self.bus_lock = _thread.allocate_lock()
         self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)
         self.policy = None                                # a PolicyEngine once one is configured
+        self.virtio = None                                # VirtioDevices when disks/NICs are attached
         self.state = NOT_STARTED
         self._state_lock = _thread.allocate_lock()
         self._pause_requested = False

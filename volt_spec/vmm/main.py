@@ -44,6 +44,19 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     it stopped) or realtime (it advances by the time that passed)
   --snapshot DIR    client mode: snapshot the VM behind --api-sock into DIR
   --name NAME       the VM's name, reported by GET /vm
+  --disk PATH[,ro][,name=NAME]
+                    a virtio-blk disk backed by PATH (repeatable; size a multiple of 512)
+  --net tap=TAP[,mac=MAC][,name=NAME]
+                    a virtio-net NIC on host tap device TAP (repeatable; MAC derived
+                    from the VM and NIC names when omitted)
+  --virtio-cmdline  announce virtio devices on the kernel command line
+                    (virtio_mmio.device=...) instead of in the ACPI DSDT
+  --no-ioeventfd, --no-irqfd
+                    serve queue notifications by MMIO exits / interrupts by
+                    KVM_IRQ_LINE instead (slower; for comparison)
+  --disk-override NAME=PATH, --tap-override NAME=TAP
+                    on --restore: put disk NAME at PATH / attach NIC NAME to TAP
+                    (each clone of a snapshot needs its own disk)
   --policy FILE     snapshot policy (JSON: vm, snapshot_dir, triggers, retain) carried
                     out by this VMM: ready / interval / console / stop triggers
   --version         print the version and exit
@@ -57,7 +70,10 @@ example:
   volt-vmm --kernel "$(volt guest build)" --cmdline "volt.ticks=3 volt.poweroff"
 """
 
-_OPTIONS = {"--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
+_REPEATED = {"--disk", "--net", "--disk-override", "--tap-override"}
+_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd"}
+_OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
+            "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
             "--restore": str, "--snapshot": str, "--clock": str, "--policy": str}
 
@@ -80,6 +96,10 @@ def parse_args(argv: list[str]) -> dict[str, object]:
             opts["version"] = True
             i += 1
             continue
+        if arg in _FLAGS:
+            opts[arg[2:].replace("-", "_")] = True
+            i += 1
+            continue
         name, eq, value = arg.partition("=")
         if name not in _OPTIONS:
             raise UsageError(f"unknown option {arg!r}")
@@ -90,7 +110,11 @@ def parse_args(argv: list[str]) -> dict[str, object]:
             i += 1
         i += 1
         try:
-            opts[name[2:].replace("-", "_")] = _OPTIONS[name](value)
+            key = name[2:].replace("-", "_")
+            if name in _REPEATED:
+                opts.setdefault(key, []).append(_OPTIONS[name](value))
+            else:
+                opts[key] = _OPTIONS[name](value)
         except ValueError:
             raise UsageError(f"{name}: {value!r} is not a valid {_OPTIONS[name].__name__}") from None
     return opts
@@ -131,19 +155,39 @@ def run(argv: list[str]) -> int:
         kvm = Kvm()
         kvm.require()
         if "restore" in opts:
-            machine, protocol, booted_from = restore(kvm, opts["restore"], opts.get("clock", "continue"))
+            machine, protocol, booted_from = restore(kvm, opts["restore"], opts.get("clock", "continue"), opts)
         elif "kernel" in opts:
-            machine, protocol = boot(kvm, config_from(opts, kvm))
+            machine, protocol = boot(kvm, config_from(opts, kvm), opts)
             booted_from = "cold"
         else:
             return serve_unconfigured(kvm, opts)
     except (VmmConfigError, KvmUnavailable, MissingCapability, SnapshotError) as e:
+        return fail(status.VMM_ERROR, str(e))
+    except ValueError as e:             # VirtioError and other one-line input problems
         return fail(status.VMM_ERROR, str(e))
     except KvmError as e:
         return fail(status.VMM_ERROR, f"KVM refused to build the VM: {e}")
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         return fail(status.VMM_ERROR, f"internal error while building the VM: {type(e).__name__}: {e}")
     return serve(machine, opts, protocol, booted_from)
+
+
+def virtio_configs(opts: dict):
+    from .virtio import DiskConfig, NetConfig
+    disks = [DiskConfig.parse(t, i) for i, t in enumerate(opts.get("disk", []))]
+    nets = [NetConfig.parse(t, i, opts.get("name", "vm")) for i, t in enumerate(opts.get("net", []))]
+    return disks, nets
+
+
+def pairs(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            from .config import VmmConfigError
+            raise VmmConfigError(f"{option} {item}: expected NAME=VALUE")
+        out[key] = value
+    return out
 
 
 def config_from(opts: dict, kvm):
@@ -194,25 +238,42 @@ def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "
     return server
 
 
-def boot(kvm, config):
+def boot(kvm, config, opts: dict | None = None):
     """Build the VM, load the kernel and start the vCPUs."""
     from ..boot import layout
     from .loader import plan_boot, read_file
     from .machine import Machine
 
+    opts = opts or {}
     kernel = read_file(config.kernel, "kernel")
     initrd = read_file(config.initrd, "initrd") if config.initrd else None
     from ..boot.acpi import build_acpi_tables
-    acpi = build_acpi_tables(config.vcpus)
-    plan = plan_boot(kernel, initrd, config.cmdline, config.memory_mib * layout.MiB, acpi.rsdp_addr,
-                     config.boot)
     machine = Machine(kvm, config)
-    machine.load(plan, acpi.blob, acpi.base)
+    try:
+        disks, nets = virtio_configs(opts)
+        cmdline = config.cmdline
+        descs = []
+        if disks or nets:
+            from .virtio import VirtioDevices
+            machine.virtio = VirtioDevices(machine, disks, nets, ioeventfd=not opts.get("no_ioeventfd"),
+                                           irqfd=not opts.get("no_irqfd"))
+            if opts.get("virtio_cmdline"):
+                cmdline = f"{cmdline} {machine.virtio.cmdline_words()}".strip()
+            else:
+                descs = machine.virtio.acpi_descs()
+        acpi = build_acpi_tables(config.vcpus, virtio=descs)
+        plan = plan_boot(kernel, initrd, cmdline, config.memory_mib * layout.MiB, acpi.rsdp_addr, config.boot)
+        machine.load(plan, acpi.blob, acpi.base)
+    except BaseException:
+        machine.close()
+        raise
     machine.start()
+    if machine.virtio is not None:
+        machine.virtio.start()
     return machine, plan.protocol
 
 
-def restore(kvm, snapshot_dir: str, clock: str = "continue"):
+def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None = None):
     """Build the VM from a snapshot (memory mapped MAP_PRIVATE) and start the vCPUs."""
     from ..snapshot.restore import load, restore_into
     from ..snapshot.vcpu_state import xsave_size
@@ -224,17 +285,30 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue"):
     config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
                       cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
                       vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
+    opts = opts or {}
     try:
         machine = Machine(kvm, config, memory=memory)
     except BaseException:
         memory.close()
         raise
     try:
+        if state.get("virtio"):
+            from .virtio import VirtioDevices
+            disks, nets = VirtioDevices.configs_for_restore(
+                state["virtio"], snapshot_dir, pairs(opts.get("disk_override", []), "--disk-override"),
+                pairs(opts.get("tap_override", []), "--tap-override"))
+            machine.virtio = VirtioDevices(machine, disks, nets, ioeventfd=not opts.get("no_ioeventfd"),
+                                           irqfd=not opts.get("no_irqfd"))
         restore_into(machine, state, clock)
+        if machine.virtio is not None:
+            machine.virtio.restore(state["virtio"])
     except BaseException:
         machine.close()
         raise
     machine.start()
+    if machine.virtio is not None:
+        machine.virtio.start()
+        machine.virtio.kick_all()
     snap_id = os.path.basename(os.path.normpath(snapshot_dir))
     return machine, bootinfo.get("boot") or "snapshot", f"snapshot {snap_id}"
 

@@ -9,7 +9,7 @@
  *
  * Sector s of round r holds 64 little-endian words: word 0 = r << 32 | s
  * (readable in a hex dump), word i > 0 = ((r << 38 | s << 6 | i) * MUL) ^ XOR.
- * The checksum folds every word read, in order: sum = rotl(sum, 7) ^ w.
+ * The checksum folds every word read, in order: sum = (rotl(sum, 7) ^ w) * MUL.
  * volt_spec/guest/protocol.py computes the same (blk_pattern, blk_checksum).
  * One request (at most CHUNK_SECTORS) is in flight at a time.
  */
@@ -60,7 +60,8 @@ static inline u64 word_at(u64 round, u64 sector, u64 i)
     return ((round << 38 | sector << 6 | i) * PATTERN_MUL) ^ PATTERN_XOR;
 }
 
-static inline u64 fold(u64 sum, u64 w) { return ((sum << 7) | (sum >> 57)) ^ w; }
+/* rotl-xor alone is blind to whole-sector swaps (64 words x 7 bits = full turns): multiply too. */
+static inline u64 fold(u64 sum, u64 w) { return (((sum << 7) | (sum >> 57)) ^ w) * PATTERN_MUL; }
 
 static void say(const char *a, const char *b)
 {
