@@ -38,7 +38,7 @@ def test_minimal_spec_gets_defaults() -> None:
     assert (spec.vcpus, spec.memory_mib, spec.running, spec.serial_log) == (1, 128, True, True)
     assert spec.snapshots == {"restore": "latest", "clock": "continue", "triggers": [],
                               "retain": {"count": 3, "maxAge": None, "maxAgeSeconds": None}}
-    assert spec.devices == {"serial": {"log": True}, "disks": [], "network": []}
+    assert spec.devices == {"serial": {"log": True}, "disks": [], "network": [], "virtioAnnounce": "acpi"}
     assert spec.source == str(GOOD / "minimal.yaml") and os.path.isabs(spec.source)
     assert spec.document["spec"] == {"kernel": {"path": "builtin:testguest"}}
 

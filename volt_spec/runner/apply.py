@@ -47,8 +47,11 @@ def resolve(spec) -> dict:
     if kernel == "builtin:testguest":
         from ..guest.build import build_guest
         kernel = str(build_guest())
+    devices = spec.devices or {}
     return {"kernel": kernel, "initrd": spec.initrd, "cmdline": spec.cmdline, "boot": spec.boot,
-            "memory_mib": spec.memory_mib, "vcpus": spec.vcpus, "serial_log": spec.serial_log}
+            "memory_mib": spec.memory_mib, "vcpus": spec.vcpus, "serial_log": spec.serial_log,
+            "disks": devices.get("disks", []), "network": devices.get("network", []),
+            "virtio_announce": devices.get("virtioAnnounce", "acpi")}
 
 
 def applied_record(spec, vm: dict, applied_from: list[str]) -> dict:

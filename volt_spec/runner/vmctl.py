@@ -36,6 +36,12 @@ def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
         args += ["--initrd", vm["initrd"]]
     if vm.get("boot"):
         args += ["--boot", vm["boot"]]
+    for disk in vm.get("disks", []):
+        args += ["--disk", f"{disk['path']},name={disk['name']}" + (",ro" if disk.get("readOnly") else "")]
+    for nic in vm.get("network", []):
+        args += ["--net", f"tap={nic['tap']},name={nic['name']}" + (f",mac={nic['mac']}" if nic.get("mac") else "")]
+    if vm.get("virtio_announce") == "cmdline" and (vm.get("disks") or vm.get("network")):
+        args.append("--virtio-cmdline")
     return args
 
 

@@ -117,7 +117,7 @@ def _devices(source: str, raw: dict) -> dict:
     network = [{"name": n["name"], "tap": n["tap"], "mac": n.get("mac")}
                for n in raw.get("network", [])]
     return {"serial": {"log": raw.get("serial", {}).get("log", True)},
-            "disks": disks, "network": network}
+            "disks": disks, "network": network, "virtioAnnounce": raw.get("virtioAnnounce", "acpi")}
 
 
 def build_spec(source: str, document: dict) -> VmSpec:

@@ -99,7 +99,7 @@ static void submit(u32 type, u64 sector, u64 count)
     d[2] = (struct virtq_desc){ (u64)&blk_status, 1, VIRTQ_DESC_F_WRITE, 0 };
     blk.chunk = count;
     blk.in_flight = 1;
-    blk.deadline = user_rdtsc() + user_ms_to_tsc(REQUEST_TIMEOUT_MS);
+    blk.deadline = user_now() + user_ms_to_tsc(REQUEST_TIMEOUT_MS);
     vq_add(&blk.q, 0);
     vq_notify(&blk.q);
 }
@@ -242,7 +242,7 @@ static void advance(void)
             blk.phase = PH_DONE;
             return;
         }
-        u64 now = user_rdtsc();
+        u64 now = user_now();
         if (!blk.reported || now - blk.last_report >= user_ms_to_tsc(ROUND_REPORT_MS)) {
             line_str(&l, "blk-round ");
             line_dec(&l, blk.round);
@@ -270,7 +270,7 @@ int blk_poll(void)
         return 0;
     struct virtq_used_elem e;
     if (!vq_used(&blk.q, &e)) {
-        if ((s64)(user_rdtsc() - blk.deadline) > 0)
+        if ((s64)(user_now() - blk.deadline) > 0)
             fail("timeout", blk.next);
         return blk.phase != PH_DONE;
     }

@@ -10,6 +10,9 @@
  * One echo request is outstanding at a time; each waits at most
  * PING_TIMEOUT_MS for its reply.  ARP requests for our address are answered
  * at any time.  Receive buffers are recycled as soon as they are parsed.
+ * In loop mode nothing is fatal: after REARP_AFTER_LOSSES lost pings in a row
+ * (a restored clone may sit on a new TAP) the peer is resolved again, for as
+ * long as it takes.
  */
 #include "virtio.h"
 
@@ -40,6 +43,7 @@
 #define PING_TIMEOUT_MS     2000
 #define ARP_TIMEOUT_MS      2000
 #define ARP_TRIES           3
+#define REARP_AFTER_LOSSES  3
 #define ROUND_REPORT_MS     100
 
 enum net_phase { NP_ARP, NP_PING, NP_DONE };
@@ -55,7 +59,7 @@ static struct {
     u8 mac[6], peer_mac[6];
     u32 ip, peer;
     int loop, waiting, reported;
-    u64 count, sent, received, tries, rounds;
+    u64 count, sent, received, tries, rounds, losses;
     u16 seq;
     u64 deadline, last_report;
 } net;
@@ -221,6 +225,7 @@ static void on_ip(const u8 *ip, u32 len)
         net.waiting && get16(icmp + 6) == net.seq) {
         net.received++;
         net.waiting = 0;
+        net.losses = 0;
     }
 }
 
@@ -333,16 +338,18 @@ int net_poll(void)
     if (net.phase == NP_DONE)
         return 0;
     rx_drain();
-    u64 now = user_rdtsc();
+    u64 now = user_now();
     int expired = net.waiting && (s64)(now - net.deadline) > 0;
     switch (net.phase) {
     case NP_ARP:
         if (net.waiting && !expired)
             break;
-        if (net.tries >= ARP_TRIES) {
+        if (net.tries >= ARP_TRIES && !net.loop) {
             fail("arp-timeout");
             break;
         }
+        if (net.loop && net.sent)
+            report_round(now);
         net.tries++;
         send_arp(ARP_REQUEST, NULL, net.peer);
         net.waiting = 1;
@@ -351,6 +358,13 @@ int net_poll(void)
     case NP_PING:
         if (net.waiting && !expired)
             break;
+        if (expired && net.loop && ++net.losses >= REARP_AFTER_LOSSES) {
+            net.phase = NP_ARP;
+            net.waiting = 0;
+            net.tries = 0;
+            net.losses = 0;
+            break;
+        }
         net.waiting = 0;
         if (net.loop && net.sent)
             report_round(now);

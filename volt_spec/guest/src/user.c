@@ -12,8 +12,10 @@
 #define PATTERN_MUL     0x9e3779b97f4a7c15UL
 #define PATTERN_XOR     0x5a17c0de0b5e55edUL
 #define MEM_STEP_BYTES  (1UL << 20)
+#define CLOCK_JUMP_MS   200     /* a longer gap between two readings: the VM was paused */
 
 static u64 tsc_khz;
+static u64 now_last, now_skipped;
 
 static inline u64 pattern(u64 addr) { return (addr * PATTERN_MUL) ^ PATTERN_XOR; }
 
@@ -22,6 +24,21 @@ u64 user_rdtsc(void)
     u32 lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((u64)hi << 32) | lo;
+}
+
+/*
+ * TSC time that stands still while the VM is paused or snapshotted: the
+ * guest TSC is the host's, so after a restore it has jumped and every
+ * deadline would expire before a device could answer.  Ring 3 polls far
+ * more often than CLOCK_JUMP_MS, so a longer gap is a pause, not work.
+ */
+u64 user_now(void)
+{
+    u64 now = user_rdtsc();
+    if (now_last && now - now_last > CLOCK_JUMP_MS * tsc_khz)
+        now_skipped += now - now_last;
+    now_last = now;
+    return now - now_skipped;
 }
 
 u64 user_ms_to_tsc(u64 ms) { return ms * tsc_khz; }

@@ -115,6 +115,7 @@ struct user_args {
 #define SYS_IDLE    1           /* nothing left to do: halt (or power off); never returns */
 
 u64 user_rdtsc(void);
+u64 user_now(void);
 u64 user_ms_to_tsc(u64 ms);
 void user_emit(struct line *l);
 __attribute__((noreturn)) void user_idle(void);
