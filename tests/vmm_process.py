@@ -60,6 +60,22 @@ class VmmProcess:
                 raise AssertionError(f"volt-vmm exited before {pattern!r}; stderr: {err}\nconsole:\n"
                                      + "\n".join(self.lines[-40:]))
 
+    def wait_for_value(self, pattern: str, at_least: int, timeout: float = 30.0) -> int:
+        """Wait for a line whose first group (an integer) is >= at_least; returns it."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                m = rx.search(line)
+                if m and int(m.group(1)) >= at_least:
+                    return int(m.group(1))
+            seen = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._read_some(min(max(remaining, 0), 1.0)):
+                raise AssertionError(f"no line matching {pattern!r} with value >= {at_least}; console:\n"
+                                     + "\n".join(self.lines[-20:]))
+
     def finish(self, timeout: float = 30.0) -> tuple[int, str]:
         """Wait for exit: (exit code, stderr). Drains stdout into `lines`."""
         deadline = time.monotonic() + timeout

@@ -1,0 +1,32 @@
+"""A network namespace of our own with a tap device: the guest's peer, never a real network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+
+PEER = "10.0.2.1"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@contextmanager
+def tap_namespace(tap: str = "vt0"):
+    """Yields (namespace, tap) with the tap up and PEER/24 on it, inside a fresh netns."""
+    ns = f"volt-test-{os.getpid()}-{tap}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        _ip("netns", "exec", ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{PEER}/24", "dev", tap)
+        _ip("netns", "exec", ns, "ip", "link", "set", tap, "up")
+        yield ns, tap
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def in_netns(ns: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
