@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 import shutil
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from volt_spec.boot import layout
-from volt_spec.guest import build
+from volt_spec.guest import build, protocol
 
 PT_LOAD = 1
 PT_NOTE = 4
@@ -144,3 +147,70 @@ def test_guest_constants_match_the_shared_layout() -> None:
     assert _c_define(main, "I8042_DATA") == layout.I8042_DATA_PORT
     assert _c_define(main, "I8042_STATUS") == layout.I8042_CMD_PORT
     assert _c_define((src / "acpi.c").read_text(), "DEFAULT_S5_SLP_TYP") == layout.ACPI_S5_SLP_TYP
+
+
+def _c_define_u64(text: str, name: str) -> int:
+    """A #define'd integer with C suffixes (0x...UL, 0x...u)."""
+    return int(_c_define_raw(text, name).rstrip("uUlL"), 0)
+
+
+def _c_define_raw(text: str, name: str) -> str:
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:2] == ["#define", name]:
+            return parts[2]
+    raise AssertionError(f"{name} not defined")
+
+
+def test_guest_io_constants_match_the_protocol() -> None:
+    blk = (build.SRC_DIR / "blk.c").read_text()
+    net = (build.SRC_DIR / "net.c").read_text()
+    assert _c_define_u64(blk, "PATTERN_MUL") == protocol.PATTERN_MUL
+    assert _c_define_u64(blk, "PATTERN_XOR") == protocol.PATTERN_XOR
+    assert _c_define(blk, "SECTOR_SIZE") == protocol.SECTOR_SIZE
+    assert _c_define(blk, "DEFAULT_SECTORS") == protocol.BLK_DEFAULT_SECTORS
+    assert _c_define(blk, "ROUND_REPORT_MS") == protocol.IO_REPORT_MS
+    assert _c_define(net, "ROUND_REPORT_MS") == protocol.IO_REPORT_MS
+    assert _c_define(net, "DEFAULT_COUNT") == protocol.NET_DEFAULT_COUNT
+    assert _c_define_u64(net, "DEFAULT_IP") == int(ipaddress.IPv4Address(protocol.NET_DEFAULT_IP))
+    assert _c_define_u64(net, "DEFAULT_PEER") == int(ipaddress.IPv4Address(protocol.NET_DEFAULT_PEER))
+
+
+def test_blk_sector_layout() -> None:
+    sector = protocol.blk_sector(5, 3)
+    assert len(sector) == protocol.SECTOR_SIZE
+    word0, word1 = struct.unpack_from("<QQ", sector)
+    assert word0 == 3 << 32 | 5                     # readable in a hex dump of the disk
+    assert word1 == (((3 << 38 | 5 << 6 | 1) * protocol.PATTERN_MUL) & (2**64 - 1)) ^ protocol.PATTERN_XOR
+    assert protocol.blk_sector(5, 3) != protocol.blk_sector(5, 4) != protocol.blk_sector(6, 4)
+    assert protocol.blk_image(3, 2) == b"".join(protocol.blk_sector(s, 2) for s in range(3))
+
+
+@given(sector=st.integers(0, 2**32 - 1), round_=st.integers(0, 2**26), flip=st.integers(0, 511))
+@settings(max_examples=60, deadline=None)
+def test_blk_sector_round_decodes_and_rejects_damage(sector: int, round_: int, flip: int) -> None:
+    data = protocol.blk_sector(sector, round_)
+    assert protocol.blk_sector_round(data, sector) == round_
+    assert protocol.blk_sector_round(data, sector + 1) is None
+    damaged = bytearray(data)
+    damaged[flip] ^= 0x01
+    assert protocol.blk_sector_round(bytes(damaged), sector) is None
+
+
+def test_blk_checksum_folds_every_word_in_order() -> None:
+    image = protocol.blk_image(4, 1)
+    assert protocol.blk_checksum(4, 1) == protocol.blk_checksum_of(image)
+    assert protocol.blk_checksum_of(bytes(512)) == "0" * 16
+    swapped = image[512:1024] + image[:512] + image[1024:]
+    assert protocol.blk_checksum_of(swapped) != protocol.blk_checksum(4, 1)
+    with pytest.raises(ValueError):
+        protocol.blk_checksum_of(bytes(100))
+
+
+def test_io_command_line_words() -> None:
+    words = protocol.cmdline(blk="ro", blk_sectors=16, net=True, net_count=3, ip="10.1.1.2",
+                             peer="10.1.1.1", io_loop=True).split()
+    assert words == ["volt.blk=ro", "volt.blk_sectors=16", "volt.net=echo", "volt.net_count=3",
+                     "volt.ip=10.1.1.2", "volt.peer=10.1.1.1", "volt.io=loop"]
+    with pytest.raises(ValueError):
+        protocol.cmdline(blk="wo")

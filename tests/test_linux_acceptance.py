@@ -17,6 +17,8 @@ from volt_spec.kvm.flavour import kvm_flavour
 
 from .initramfs import INIT_MARKER, build_initramfs
 from .kvm_required import require_kvm
+from .netns import tap_namespace
+from .test_virtio_e2e import NsVmm
 from .vmm_process import VmmProcess
 
 pytestmark = pytest.mark.linux
@@ -45,18 +47,28 @@ def e820_lines(mem_size: int) -> list[str]:
 
 
 def test_vmlinux_by_pvh_shows_our_machine(kernel, flavour, tmp_path):
+    """Booted with a virtio disk and NIC attached (a tap in a network namespace of our own)."""
     cmdline = "console=ttyS0 earlyprintk=ttyS0 noxsave nokaslr panic=-1 volt.accept=pvh"
-    args = ["--kernel", kernel["vmlinux"], "--vcpus", "2", "--memory", "512", "--cmdline", cmdline]
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    args = ["--kernel", kernel["vmlinux"], "--vcpus", "2", "--memory", "512", "--cmdline", cmdline,
+            "--disk", f"{disk},name=data", "--net", "tap=vt0,name=eth0"]
     if flavour != "pvm":
         busybox = __import__("volt_spec.boot.kernel_fetch", fromlist=["x"]).fetch_busybox()
         args += ["--initrd", str(build_initramfs(busybox, tmp_path / "initrd.gz"))]
-    with VmmProcess(*args) as vmm:
+    with tap_namespace("vt0") as (ns, _tap), NsVmm(ns, *args) as vmm:
         vmm.wait_for(r"Linux version 6\.", timeout=60)
         assert vmm.wait_for(r"Command line: (.*)$", timeout=30).group(1).strip() == cmdline
         for line in e820_lines(512 * layout.MiB):
             vmm.wait_for(re.escape(line), timeout=30)
         for table in ("RSDP", "XSDT", "FACP", "DSDT", "APIC"):
             vmm.wait_for(rf"ACPI: {table} 0x", timeout=60)
+        # the DSDT grew by the two LNRO0005 devices (disk and NIC) and Linux accepted it
+        dsdt_len = int(vmm.wait_for(r"ACPI: DSDT 0x[0-9A-F]+ ([0-9A-F]{6})").group(1), 16)
+        from volt_spec.boot.acpi import VirtioMmioDesc, build_dsdt
+        assert dsdt_len == len(build_dsdt([VirtioMmioDesc(layout.VIRTIO_MMIO_BASE + i * 0x1000, 0x1000,
+                                                          layout.VIRTIO_IRQ_BASE + i) for i in range(2)]))
         vmm.wait_for(r"smpboot: Allowing 2 CPUs", timeout=120)
         if flavour != "pvm":
             vmm.wait_for(rf"{INIT_MARKER} 2 cpus", timeout=60)

@@ -47,7 +47,7 @@ static struct {
     struct vq q;
     enum blk_mode mode;
     enum blk_phase phase;
-    int loop, in_flight;
+    int loop;
     u64 sectors, round, next, chunk, sum;
     u64 deadline, last_report;
     int reported;
@@ -63,12 +63,11 @@ static inline u64 word_at(u64 round, u64 sector, u64 i)
 /* rotl-xor alone is blind to whole-sector swaps (64 words x 7 bits = full turns): multiply too. */
 static inline u64 fold(u64 sum, u64 w) { return (((sum << 7) | (sum >> 57)) ^ w) * PATTERN_MUL; }
 
-static void say(const char *a, const char *b)
+static void say(const char *s)
 {
     struct line l;
     l.len = 0;
-    line_str(&l, a);
-    line_str(&l, b);
+    line_str(&l, s);
     user_emit(&l);
 }
 
@@ -98,7 +97,6 @@ static void submit(u32 type, u64 sector, u64 count)
                                 (u16)(VIRTQ_DESC_F_NEXT | (type == BLK_T_IN ? VIRTQ_DESC_F_WRITE : 0)), 2 };
     d[2] = (struct virtq_desc){ (u64)&blk_status, 1, VIRTQ_DESC_F_WRITE, 0 };
     blk.chunk = count;
-    blk.in_flight = 1;
     blk.deadline = user_now() + user_ms_to_tsc(REQUEST_TIMEOUT_MS);
     vq_add(&blk.q, 0);
     vq_notify(&blk.q);
@@ -274,15 +272,19 @@ int blk_poll(void)
             fail("timeout", blk.next);
         return blk.phase != PH_DONE;
     }
-    blk.in_flight = 0;
     u8 status = blk_status;
     if (blk.phase == PH_RO_WRITE0) {
-        if (status == BLK_S_IOERR)
-            say("blk-ro-ok", "");
-        else if (status == BLK_S_OK)
-            say("blk-FAIL write-accepted", "");
-        else
-            say("blk-FAIL write-status=", status == BLK_S_INVALID ? "none" : "other");
+        if (status == BLK_S_IOERR) {
+            say("blk-ro-ok");
+        } else if (status == BLK_S_OK) {
+            say("blk-FAIL write-accepted");
+        } else {
+            struct line l;
+            l.len = 0;
+            line_str(&l, "blk-FAIL write-status=");
+            line_dec(&l, status);           /* 2 UNSUPP; 255: the device wrote no status */
+            user_emit(&l);
+        }
         blk.phase = PH_READ;
         blk.next = 0;
         blk.sum = 0;
