@@ -11,8 +11,6 @@ import pytest
 
 from volt_spec.api.client import ApiClient
 
-from .kvm_required import require_kvm
-from .voltcli import Volt
 
 POLICY_SPEC = """apiVersion: volt/v1
 kind: VirtualMachine
@@ -24,14 +22,6 @@ spec:
     triggers: {triggers}
     retain: {retain}
 """
-
-
-@pytest.fixture
-def volt(tmp_path):
-    require_kvm()
-    v = Volt(tmp_path / "home")
-    yield v
-    v("delete", "--all", check=None)
 
 
 def spec(tmp_path, name, triggers, retain="{count: 5}", cmdline="volt.ticks=0 volt.tick_ms=100"):

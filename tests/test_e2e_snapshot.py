@@ -12,21 +12,7 @@ import time
 
 import pytest
 
-from .kvm_required import require_kvm
-from .voltcli import Volt, spec_text
-
-
-@pytest.fixture
-def volt(tmp_path):
-    require_kvm()
-    v = Volt(tmp_path / "home")
-    yield v
-    v("delete", "--all", check=None)
-
-
-def write(path, text):
-    path.write_text(text)
-    return str(path)
+from .voltcli import spec_text, write
 
 
 def first_tick(log: str) -> int:

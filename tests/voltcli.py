@@ -72,3 +72,8 @@ class Volt:
                 assert row["state"] == state, row
                 return row
             time.sleep(0.05)
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)

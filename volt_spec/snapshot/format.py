@@ -12,7 +12,6 @@ Memory lives beside it in memory.snap (see memory_file.py).
 
 from __future__ import annotations
 
-import json
 import os
 
 from .crc import crc64
@@ -30,10 +29,12 @@ class SnapshotError(RuntimeError):
 
 
 def canonical(state: dict) -> bytes:
+    import json
     return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
 
 
 def encode(state: dict) -> bytes:
+    import json
     body = canonical(state)
     doc = {"format": FORMAT, "version": VERSION, "crc64": f"{crc64(body):016x}"}
     # The state member is written in its canonical form, so the file's bytes are easy to check by hand.
@@ -45,9 +46,10 @@ def decode(raw: bytes, where: str) -> dict:
     """The verified state of a state.json file's bytes."""
     if len(raw) > MAX_STATE_BYTES:
         raise SnapshotError(f"{where}: {len(raw)} bytes is over the {MAX_STATE_BYTES >> 20} MiB limit")
+    from .fastjson import loads
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise SnapshotError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SnapshotError(f"{where}: not a volt snapshot (format is not {FORMAT!r})")
