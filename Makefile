@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := gcc binutils make acpica-tools
+APT_PACKAGES := gcc binutils make acpica-tools e2fsprogs iproute2
 
 .PHONY: demo test deps system-deps clean bench
 

@@ -15,7 +15,8 @@ import pytest
 from volt_spec.boot import layout
 from volt_spec.kvm.flavour import kvm_flavour
 
-from .initramfs import INIT_MARKER, build_initramfs
+from .initramfs import (DISK_MARKER, HOST_IP, INIT_MARKER, VIRTIO_MODULES, build_initramfs, cpio_names,
+                        make_ext4_disk)
 from .kvm_required import require_kvm
 from .netns import tap_namespace
 from .test_virtio_e2e import NsVmm
@@ -49,14 +50,12 @@ def e820_lines(mem_size: int) -> list[str]:
 def test_vmlinux_by_pvh_shows_our_machine(kernel, flavour, tmp_path):
     """Booted with a virtio disk and NIC attached (a tap in a network namespace of our own)."""
     cmdline = "console=ttyS0 earlyprintk=ttyS0 noxsave nokaslr panic=-1 volt.accept=pvh"
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(8 << 20)
+    disk = make_ext4_disk(tmp_path / "disk.img")
     args = ["--kernel", kernel["vmlinux"], "--vcpus", "2", "--memory", "512", "--cmdline", cmdline,
             "--disk", f"{disk},name=data", "--net", "tap=vt0,name=eth0"]
+    initrd = full_initramfs(tmp_path)
     if flavour != "pvm":
-        busybox = __import__("volt_spec.boot.kernel_fetch", fromlist=["x"]).fetch_busybox()
-        args += ["--initrd", str(build_initramfs(busybox, tmp_path / "initrd.gz"))]
+        args += ["--initrd", str(initrd)]
     with tap_namespace("vt0") as (ns, _tap), NsVmm(ns, *args) as vmm:
         vmm.wait_for(r"Linux version 6\.", timeout=60)
         assert vmm.wait_for(r"Command line: (.*)$", timeout=30).group(1).strip() == cmdline
@@ -72,8 +71,21 @@ def test_vmlinux_by_pvh_shows_our_machine(kernel, flavour, tmp_path):
         vmm.wait_for(r"smpboot: Allowing 2 CPUs", timeout=120)
         if flavour != "pvm":
             vmm.wait_for(rf"{INIT_MARKER} 2 cpus", timeout=60)
+            vmm.wait_for(rf"modules-loaded {len(VIRTIO_MODULES)}", timeout=30)
+            vmm.wait_for(rf"disk-ok {DISK_MARKER}", timeout=30)
+            vmm.wait_for(rf"ping-ok {HOST_IP}", timeout=30)
             code, err = vmm.finish(timeout=30)
             assert code == 0, err
+
+
+def full_initramfs(tmp_path):
+    """busybox + the kernel's own virtio modules + /init (used for the full boot on hardware KVM)."""
+    from volt_spec.boot.kernel_fetch import fetch_busybox, fetch_kernel_modules
+    initrd = build_initramfs(fetch_busybox(), tmp_path / "initrd.gz", fetch_kernel_modules(VIRTIO_MODULES))
+    names = cpio_names(initrd.read_bytes())
+    assert "init" in names and "bin/busybox" in names
+    assert all(f"lib/modules/{m}.ko" in names for m in VIRTIO_MODULES)
+    return initrd
 
 
 def test_bzimage_by_linux64_protocol_runs_the_decompressor(kernel, flavour, tmp_path):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from volt_spec.boot.bzimage import extract_vmlinux
+from volt_spec.fsutil import atomic_copy, atomic_write
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -87,34 +87,6 @@ def candidate_version(package: str) -> str:
     return _with_apt_update(["apt-cache", "show", "--no-all-versions", package], parse)
 
 
-def _atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write(dest: Path, data: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path:
     """Download `package`, unpack it aside and keep the one file matching `member_glob` as dest."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +100,41 @@ def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path
         members = sorted((work / "root").glob(member_glob))
         if not members:
             raise KernelFetchError(f"{debs[0].name} has no {member_glob}")
-        _atomic_copy(members[0], dest, mode)
+        atomic_copy(members[0], dest, mode)
     return dest
+
+
+def fetch_kernel_modules(names: list[str], cache_dir: Path | None = None) -> list[Path]:
+    """The cached kernel's modules `names` (e.g. virtio_mmio), unpacked from its Debian package.
+
+    Returned in the order given (callers list dependencies first). Cached in modules-<version>/.
+    """
+    vmlinuz = fetch_debian_kernel(cache_dir)
+    version = vmlinuz.name.removeprefix("vmlinuz-")
+    folder = vmlinuz.with_name(f"modules-{version}")
+    wanted = [folder / f"{n}.ko" for n in names]
+    if all(p.is_file() for p in wanted):
+        return wanted
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as scratch:
+        work = Path(scratch)
+        _run(["apt-get", "download", "-qq", f"linux-image-{version}"], cwd=work)
+        debs = sorted(work.glob("*.deb"))
+        if not debs:
+            raise KernelFetchError(f"apt-get download linux-image-{version} produced no .deb")
+        _run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")])
+        for name, dest in zip(names, wanted):
+            found = sorted((work / "root" / "lib" / "modules").glob(f"*/kernel/**/{name}.ko*"))
+            if not found:
+                raise KernelFetchError(f"{debs[0].name} has no module {name}")
+            data = found[0].read_bytes()
+            if found[0].suffix == ".xz":
+                import lzma
+                data = lzma.decompress(data)
+            elif found[0].suffix == ".zst":
+                raise KernelFetchError(f"module {name} is zstd-compressed; install python zstandard")
+            atomic_write(dest, data)
+    return wanted
 
 
 def _newest(paths: list[Path]) -> Path | None:
@@ -182,7 +187,7 @@ def vmlinux_path(cache_dir: Path | None = None) -> Path:
     vmlinuz = fetch_debian_kernel(cache_dir)
     dest = vmlinuz.with_name(vmlinuz.name.replace("vmlinuz-", "vmlinux-", 1))
     if not dest.is_file():
-        _atomic_write(dest, extract_vmlinux(vmlinuz.read_bytes()))
+        atomic_write(dest, extract_vmlinux(vmlinuz.read_bytes()))
     return dest
 
 
