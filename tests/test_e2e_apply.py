@@ -157,3 +157,20 @@ def test_status_yaml_and_table(volt, tmp_path):
     keys = set(volt.state("t"))
     assert {"name", "state", "vcpus", "memory_mib", "uptime_s", "pid", "booted_from", "last_snapshot",
             "spec", "reason"} <= keys
+
+
+def test_console_attach_streams_the_guest(volt, tmp_path):
+    spec = write(tmp_path / "con.yaml", spec_text("con", cmdline="volt.ticks=0 volt.tick_ms=50"))
+    volt("apply", spec)
+    volt.wait_log("con", "VOLT-READY")
+    proc = subprocess.Popen([sys.executable, "-m", "volt_spec", "console", "con"], env=volt.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while b"tick" not in seen:
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        assert chunk, proc.stderr.read()
+        seen += chunk
+    proc.stdin.close()                 # end of input detaches a non-interactive console
+    assert proc.wait(timeout=10) == 0
+    r = volt("console", "nope", check=1)
+    assert "no VM named 'nope'" in r.stderr

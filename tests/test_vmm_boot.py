@@ -21,7 +21,7 @@ def guest() -> str:
     return str(build_guest())
 
 
-@pytest.mark.parametrize("vcpus,mem", [(1, 128), (4, 128), (1, 1024), (4, 1024)])
+@pytest.mark.parametrize("vcpus,mem", [(1, 128), (4, 128), (1, 1024), (4, 1024), (2, 4096)])
 def test_guest_boots_ticks_runs_workload_and_powers_off(guest, vcpus, mem):
     code, lines, err = run_vmm("--kernel", guest, "--vcpus", str(vcpus), "--memory", str(mem),
                                "--cmdline", "volt.ticks=3 volt.tick_ms=300 volt.mem=8 volt.poweroff",

@@ -1,0 +1,47 @@
+"""Runner pieces that need no KVM: console log rotation, process identity, atomic writes, ages."""
+
+from __future__ import annotations
+
+import os
+
+from volt_spec.fsutil import atomic_write
+from volt_spec.runner.procs import is_alive, start_ticks
+from volt_spec.runner.status import _age
+from volt_spec.runner.supervisor import ConsoleLog
+
+
+def test_console_log_is_capped_and_rotated_once(tmp_path):
+    log = ConsoleLog(tmp_path / "console.log", enabled=True, cap=100)
+    for i in range(30):
+        log.write(f"line {i:02d}\n".encode())          # 8 bytes each
+    current = (tmp_path / "console.log").read_bytes()
+    rotated = (tmp_path / "console.log.1").read_bytes()
+    assert len(current) <= 100 and len(rotated) <= 100
+    assert current.endswith(b"line 29\n")
+    assert (rotated + current).endswith(b"".join(f"line {i:02d}\n".encode() for i in range(30 - (len(rotated) + len(current)) // 8, 30)))
+
+
+def test_disabled_console_log_writes_nothing(tmp_path):
+    log = ConsoleLog(tmp_path / "console.log", enabled=False)
+    log.write(b"hello\n")
+    assert not (tmp_path / "console.log").exists()
+
+
+def test_process_identity_survives_pid_reuse():
+    me = os.getpid()
+    ticks = start_ticks(me)
+    assert ticks is not None and is_alive(me, ticks)
+    assert not is_alive(me, ticks + 1)           # same pid, different start: another process
+    assert not is_alive(None, None)
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    path = tmp_path / "a" / "f.json"
+    atomic_write(path, "one")
+    atomic_write(path, b"two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def test_ages_read_like_kubectl():
+    assert [_age(x) for x in (None, 5, 65, 3700, 90000)] == ["-", "5s", "1m05s", "1h01m", "1d01h"]
