@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := gcc binutils make acpica-tools e2fsprogs iproute2
 
-.PHONY: demo test deps system-deps clean bench
+.PHONY: demo test deps system-deps clean bench linux-example
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -42,6 +42,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m compileall -q volt_spec
 	$(PY) -m pytest -q -rfE
+
+# What examples/vms/linux.yaml needs (Debian's cloud kernel, busybox, its virtio modules, an ext4 disk).
+linux-example: $(STAMP)
+	$(PY) -m volt_spec.boot.kernel_fetch --example-dir examples/vms/linux-files
 
 bench: $(STAMP)
 	$(PY) benchmarks/boot.py

@@ -15,7 +15,7 @@ import pytest
 from volt_spec.boot import layout
 from volt_spec.kvm.flavour import kvm_flavour
 
-from .initramfs import (DISK_MARKER, HOST_IP, INIT_MARKER, VIRTIO_MODULES, build_initramfs, cpio_names,
+from volt_spec.boot.initramfs import (DISK_MARKER, HOST_IP, INIT_MARKER, VIRTIO_MODULES, build_initramfs, cpio_names,
                         make_ext4_disk)
 from .kvm_required import require_kvm
 from .netns import tap_namespace

@@ -197,8 +197,20 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default: ${CACHE_ENV} or {DEFAULT_CACHE}")
     parser.add_argument("--refresh", action="store_true", help="ask apt for newer packages")
     parser.add_argument("--vmlinux", action="store_true", help="also extract and print the ELF vmlinux")
+    parser.add_argument("--example-dir", type=Path, default=None,
+                        help="also lay out what examples/vms/linux.yaml needs in this directory: vmlinuz, "
+                             "initrd.gz (busybox + virtio modules + /init) and an ext4 disk.img")
     args = parser.parse_args(argv)
     try:
+        if args.example_dir:
+            from .initramfs import VIRTIO_MODULES, build_initramfs, make_ext4_disk
+            d = args.example_dir
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_copy(fetch_debian_kernel(args.cache_dir, args.refresh), d / "vmlinuz")
+            build_initramfs(fetch_busybox(args.cache_dir), d / "initrd.gz",
+                            fetch_kernel_modules(VIRTIO_MODULES, args.cache_dir))
+            make_ext4_disk(d / "disk.img")
+            print(f"example files in {d}: vmlinuz, initrd.gz, disk.img")
         print(f"kernel:  {fetch_debian_kernel(args.cache_dir, args.refresh)}")
         if args.vmlinux:
             print(f"vmlinux: {vmlinux_path(args.cache_dir)}")
