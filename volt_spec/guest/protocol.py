@@ -44,6 +44,12 @@ BLK_FAIL_PREFIX = "blk-FAIL "
 NET_OK_RE = re.compile(r"^net-ok (\d+) (\d+)$")
 NET_ROUND_RE = re.compile(r"^net-round (\d+) (\d+) (\d+)$")
 NET_FAIL_PREFIX = "net-FAIL "
+# Benchmark modes (src/blkbench.c, src/net.c): one line per phase, times in guest ns.
+BLK_BENCH_START_RE = re.compile(r"^blk-bench start sectors=(\d+) chunk=(\d+) qd=(\d+)$")
+BLK_BENCH_BYTES_RE = re.compile(r"^blk-bench (seqwrite|seqread) bytes=(\d+) ns=(\d+)$")
+BLK_BENCH_OPS_RE = re.compile(r"^blk-bench (randread4k|randwrite4k) ops=(\d+) ns=(\d+)$")
+BLK_BENCH_DONE = "blk-bench done"
+NET_BENCH_RE = re.compile(r"^net-bench pps sent=(\d+) received=(\d+) ns=(\d+)$")
 POWEROFF = "VOLT-POWEROFF"
 CTRL_ALT_DEL = "VOLT-CTRL-ALT-DEL"
 
@@ -162,3 +168,32 @@ def blk_sector_round(data: bytes, sector: int) -> int | None:
     if word0 & 0xFFFFFFFF != sector & 0xFFFFFFFF or blk_sector(sector, round_) != data:
         return None
     return round_
+
+
+def bench_cmdline(
+    *,
+    blk: bool = False,
+    net: bool = False,
+    poweroff: bool = True,
+    blk_sectors: int | None = None,
+    blk_chunk: int | None = None,
+    blk_qd: int | None = None,
+    blk_ops: int | None = None,
+    blk_ms: int | None = None,
+    net_count: int | None = None,
+    net_window: int | None = None,
+    net_ms: int | None = None,
+) -> str:
+    """The command line of the benchmark modes: ``volt.blk=bench`` and/or ``volt.net=flood``.
+
+    Unset options keep the guest's defaults (src/blkbench.c, src/net.c).
+    """
+    words = ["volt.blk=bench"] if blk else []
+    if net:
+        words.append("volt.net=flood")
+    if poweroff:
+        words.append("volt.poweroff")
+    options = {"blk_sectors": blk_sectors, "blk_chunk": blk_chunk, "blk_qd": blk_qd, "blk_ops": blk_ops,
+               "blk_ms": blk_ms, "net_count": net_count, "net_window": net_window, "net_ms": net_ms}
+    words += [f"volt.{key}={value}" for key, value in options.items() if value is not None]
+    return " ".join(words)

@@ -6,6 +6,15 @@
  * volt.io=loop          ping forever: "net-round <n> <sent> <received>" at most every 100 ms
  * volt.ip / volt.peer   a.b.c.d (defaults 10.0.2.15 / 10.0.2.1)
  * volt.net_count=<n>    N (default 8)
+ * volt.net=flood        resolve the peer, then send N echo requests as fast as the
+ *                       window allows (volt.net_window=<w> unanswered, default 8,
+ *                       at most the TX ring; volt.net_count default 20000; stop
+ *                       sending after volt.net_ms=<ms>, default 2000) and count the
+ *                       replies: "net-bench pps sent=<n> received=<n> ns=<n>", ns
+ *                       from the first request to the last reply (TSC at the
+ *                       kvmclock-derived rate).  Requests go out in batches, one
+ *                       QueueNotify per batch.  When nothing arrives for
+ *                       FLOOD_STALL_MS the unanswered ones count as lost.
  *
  * One echo request is outstanding at a time; each waits at most
  * PING_TIMEOUT_MS for its reply.  ARP requests for our address are answered
@@ -45,6 +54,10 @@
 #define ARP_TRIES           3
 #define REARP_AFTER_LOSSES  3
 #define ROUND_REPORT_MS     100
+#define FLOOD_COUNT         20000
+#define FLOOD_WINDOW        8
+#define FLOOD_MS            2000
+#define FLOOD_STALL_MS      200
 
 enum net_phase { NP_ARP, NP_PING, NP_DONE };
 
@@ -62,6 +75,8 @@ static struct {
     u64 count, sent, received, tries, rounds, losses;
     u16 seq;
     u64 deadline, last_report;
+    int flood;                                  /* volt.net=flood */
+    u64 window, lost, limit_tsc, flood_start, last_rx, last_progress;
 } net;
 
 static void put16(u8 *p, u16 v) { p[0] = (u8)(v >> 8); p[1] = (u8)v; }
@@ -133,13 +148,19 @@ static u8 *tx_frame(void)
     return buf + NET_HDR_LEN;
 }
 
-static void tx_send(u8 *frame, u32 len)
+/* Publish a frame without notifying (flood batches); tx_send notifies at once. */
+static void tx_post(u8 *frame, u32 len)
 {
     u16 slot = (u16)(net.tx.avail_idx & (net.tx.size - 1));
     if (len < ETH_MIN_FRAME)
         len = ETH_MIN_FRAME;
     net.tx.rings->desc[slot] = (struct virtq_desc){ (u64)(frame - NET_HDR_LEN), NET_HDR_LEN + len, 0, 0 };
     vq_add(&net.tx, slot);
+}
+
+static void tx_send(u8 *frame, u32 len)
+{
+    tx_post(frame, len);
     vq_notify(&net.tx);
 }
 
@@ -171,7 +192,8 @@ static void send_arp(u16 op, const u8 *dst_mac, u32 dst_ip)
     tx_send(f, ETH_HLEN + ARP_LEN);
 }
 
-static int send_ping(void)
+/* An echo request with sequence net.seq; notify = 0 leaves the QueueNotify to the caller. */
+static int post_ping(int notify)
 {
     u8 *f = tx_frame();
     if (!f)
@@ -194,9 +216,14 @@ static int send_ping(void)
     for (u32 i = 0; i < PING_PAYLOAD; i++)
         icmp[ICMP_HLEN + i] = (u8)(i + net.seq);
     put16(icmp + 2, inet_checksum(icmp, ICMP_HLEN + PING_PAYLOAD));
-    tx_send(f, ETH_HLEN + total);
+    if (notify)
+        tx_send(f, ETH_HLEN + total);
+    else
+        tx_post(f, ETH_HLEN + total);
     return 1;
 }
+
+static int send_ping(void) { return post_ping(1); }
 
 static void on_arp(const u8 *a, u32 len)
 {
@@ -221,6 +248,14 @@ static void on_ip(const u8 *ip, u32 len)
     if (hl < IP_HLEN || len < hl + ICMP_HLEN || get32(ip + 12) != net.peer || get32(ip + 16) != net.ip)
         return;
     const u8 *icmp = ip + hl;
+    if (net.flood) {
+        if (icmp[0] == ICMP_ECHO_REPLY && get16(icmp + 4) == PING_ID && net.phase == NP_PING &&
+            net.received < net.sent) {
+            net.received++;
+            net.last_rx = net.last_progress = user_rdtsc();
+        }
+        return;
+    }
     if (icmp[0] == ICMP_ECHO_REPLY && get16(icmp + 4) == PING_ID && net.phase == NP_PING &&
         net.waiting && get16(icmp + 6) == net.seq) {
         net.received++;
@@ -274,7 +309,8 @@ void net_start(const struct user_args *a, const struct virtio_window *w, u32 n)
     u32 len;
     const char *v = cmdline_value(a->cmdline, "volt.net=", &len);
     net.phase = NP_DONE;
-    if (!(len == 4 && v[0] == 'e' && v[1] == 'c' && v[2] == 'h' && v[3] == 'o')) {
+    net.flood = v && len == 5 && v[0] == 'f' && v[1] == 'l' && v[2] == 'o' && v[3] == 'o' && v[4] == 'd';
+    if (!net.flood && !(len == 4 && v[0] == 'e' && v[1] == 'c' && v[2] == 'h' && v[3] == 'o')) {
         fail("bad-mode");
         return;
     }
@@ -284,13 +320,23 @@ void net_start(const struct user_args *a, const struct virtio_window *w, u32 n)
         fail("bad-address");
         return;
     }
-    net.count = DEFAULT_COUNT;
+    net.count = net.flood ? FLOOD_COUNT : DEFAULT_COUNT;
     if ((v = cmdline_value(a->cmdline, "volt.net_count=", &len)) != NULL) {
         u32 used;
         net.count = parse_u64(v, len, &used);
     }
+    net.window = FLOOD_WINDOW;
+    if ((v = cmdline_value(a->cmdline, "volt.net_window=", &len)) != NULL) {
+        u32 used;
+        net.window = parse_u64(v, len, &used);
+    }
+    net.limit_tsc = user_ms_to_tsc(FLOOD_MS);
+    if ((v = cmdline_value(a->cmdline, "volt.net_ms=", &len)) != NULL) {
+        u32 used;
+        net.limit_tsc = user_ms_to_tsc(parse_u64(v, len, &used));
+    }
     v = cmdline_value(a->cmdline, "volt.io=", &len);
-    net.loop = v && len == 4 && v[0] == 'l' && v[1] == 'o' && v[2] == 'o' && v[3] == 'p';
+    net.loop = !net.flood && v && len == 4 && v[0] == 'l' && v[1] == 'o' && v[2] == 'o' && v[3] == 'p';
     const struct virtio_window *dev = virtio_find(w, n, VIRTIO_ID_NET);
     if (!dev) {
         fail("no-device");
@@ -306,6 +352,8 @@ void net_start(const struct user_args *a, const struct virtio_window *w, u32 n)
         fail(err);
         return;
     }
+    if (!net.window || net.window > net.tx.size)
+        net.window = net.tx.size;
     for (u32 i = 0; i < 6; i++)
         net.mac[i] = features & (1UL << NET_F_MAC) ? virtio_config8(dev->addr, NET_CFG_MAC + i) : fallback_mac[i];
     for (u16 i = 0; i < net.rx.size; i++)
@@ -333,6 +381,54 @@ static void report_round(u64 now)
     net.reported = 1;
 }
 
+static void flood_report(void)
+{
+    struct line l;
+    l.len = 0;
+    line_str(&l, "net-bench pps sent=");
+    line_dec(&l, net.sent);
+    line_str(&l, " received=");
+    line_dec(&l, net.received);
+    line_str(&l, " ns=");
+    line_dec(&l, user_tsc_to_ns((net.received ? net.last_rx : user_rdtsc()) - net.flood_start));
+    user_emit(&l);
+    net.phase = NP_DONE;
+}
+
+/* Keep `window` requests unanswered while there are some left to send; finish when all are answered. */
+static void flood_step(void)
+{
+    u64 now = user_rdtsc();
+    if (!net.flood_start)
+        net.flood_start = net.last_progress = now;
+    if (net.received + net.lost > net.sent)
+        net.lost = net.sent - net.received;     /* late replies to requests written off */
+    u64 unanswered = net.sent - net.received - net.lost;
+    int sending = net.sent < net.count && (s64)(now - net.flood_start - net.limit_tsc) < 0;
+    if (!sending && !unanswered) {
+        flood_report();
+        return;
+    }
+    if (unanswered && now - net.last_progress > user_ms_to_tsc(FLOOD_STALL_MS)) {
+        net.lost += unanswered;                 /* dropped somewhere: stop waiting for them */
+        net.last_progress = now;
+        return;
+    }
+    int posted = 0;
+    while (sending && net.sent - net.received - net.lost < net.window && net.sent < net.count) {
+        net.seq++;
+        if (!post_ping(0))
+            break;                              /* TX ring full: reclaim on the next poll */
+        net.sent++;
+        posted = 1;
+    }
+    if (posted) {
+        vq_notify(&net.tx);
+        if (!unanswered)
+            net.last_progress = now;
+    }
+}
+
 int net_poll(void)
 {
     if (net.phase == NP_DONE)
@@ -356,6 +452,10 @@ int net_poll(void)
         net.deadline = now + user_ms_to_tsc(ARP_TIMEOUT_MS);
         break;
     case NP_PING:
+        if (net.flood) {
+            flood_step();
+            break;
+        }
         if (net.waiting && !expired)
             break;
         if (expired && net.loop && ++net.losses >= REARP_AFTER_LOSSES) {

@@ -43,6 +43,8 @@ u64 user_now(void)
 
 u64 user_ms_to_tsc(u64 ms) { return ms * tsc_khz; }
 
+u64 user_tsc_to_ns(u64 ticks) { return ticks / tsc_khz * NS_PER_MS + ticks % tsc_khz * NS_PER_MS / tsc_khz; }
+
 /* int 0x80; the kernel takes it via the DPL-3 gate, or via #UD on PVM. */
 static void user_write(const char *s, u64 len)
 {
@@ -206,10 +208,15 @@ void user_main(const struct user_args *a)
 {
     tsc_khz = a->tsc_khz;
     u32 len;
-    int want_blk = cmdline_value(a->cmdline, "volt.blk=", &len) != NULL;
+    const char *blk_mode = cmdline_value(a->cmdline, "volt.blk=", &len);
+    int want_blk = blk_mode != NULL;
+    int blk_bench = want_blk && len == 5 && blk_mode[0] == 'b' && blk_mode[1] == 'e' && blk_mode[2] == 'n' &&
+                    blk_mode[3] == 'c' && blk_mode[4] == 'h';
     int want_net = cmdline_value(a->cmdline, "volt.net=", &len) != NULL;
     u32 n = want_blk || want_net ? virtio_discover(a, windows, VIRTIO_MAX_WINDOWS) : 0;
-    if (want_blk)
+    if (blk_bench)
+        blkbench_start(a, windows, n);
+    else if (want_blk)
         blk_start(a, windows, n);
     if (want_net)
         net_start(a, windows, n);
@@ -218,7 +225,7 @@ void user_main(const struct user_args *a)
     int blk_busy = want_blk, net_busy = want_net;
     for (;;) {
         if (blk_busy)
-            blk_busy = blk_poll();
+            blk_busy = blk_bench ? blkbench_poll() : blk_poll();
         if (net_busy)
             net_busy = net_poll();
         if (a->mem_bytes)

@@ -117,6 +117,7 @@ struct user_args {
 u64 user_rdtsc(void);
 u64 user_now(void);
 u64 user_ms_to_tsc(u64 ms);
+u64 user_tsc_to_ns(u64 ticks);                  /* TSC ticks at the kvmclock-derived rate */
 void user_emit(struct line *l);
 __attribute__((noreturn)) void user_idle(void);
 
@@ -143,5 +144,7 @@ void blk_start(const struct user_args *a, const struct virtio_window *w, u32 n);
 int blk_poll(void);
 void net_start(const struct user_args *a, const struct virtio_window *w, u32 n);
 int net_poll(void);
+void blkbench_start(const struct user_args *a, const struct virtio_window *w, u32 n);   /* volt.blk=bench */
+int blkbench_poll(void);
 
 #endif
