@@ -38,7 +38,7 @@ def take_snapshot(tmp_path, guest, name="snap", vcpus=1, memory=128, cmdline=Non
                     "--api-sock", sock) as vmm:
         vmm.wait_for(r"^tick 3 ")
         checksum = vmm.wait_for(MEM_OK.pattern).group(1)
-        result = ApiClient(sock, timeout=60).put("/snapshot/create", {"snapshot_path": str(tmp_path / name)})
+        result = vmm.wait_api(sock).put("/snapshot/create", {"snapshot_path": str(tmp_path / name)})
         last_before = max(n for n, _ in ticks(vmm.lines))
         vmm.proc.kill()
         vmm.finish()
@@ -75,7 +75,7 @@ def test_restored_vm_can_be_snapshotted_again(tmp_path, guest):
     sock = str(tmp_path / "again.sock")
     with VmmProcess("--restore", facts["dir"], "--api-sock", sock) as vmm:
         vmm.wait_for(rf"^tick {facts['last_tick'] + 3} ")
-        ApiClient(sock, timeout=60).put("/snapshot/create", {"snapshot_path": str(tmp_path / "second")})
+        vmm.wait_api(sock).put("/snapshot/create", {"snapshot_path": str(tmp_path / "second")})
         last = max(n for n, _ in ticks(vmm.lines))
         vmm.proc.kill()
     with VmmProcess("--restore", str(tmp_path / "second")) as vmm:

@@ -76,6 +76,17 @@ class VmmProcess:
                 raise AssertionError(f"no line matching {pattern!r} with value >= {at_least}; console:\n"
                                      + "\n".join(self.lines[-20:]))
 
+    def wait_api(self, sock: str, timeout: float = 10.0):
+        """An ApiClient once the VMM's API answers (it starts just after the vCPUs)."""
+        from volt_spec.api.client import ApiClient
+        client = ApiClient(sock, timeout=60)
+        deadline = time.monotonic() + timeout
+        while not client.ping():
+            assert self.proc.poll() is None, "volt-vmm exited before its API came up"
+            assert time.monotonic() < deadline, f"no API on {sock} within {timeout}s"
+            time.sleep(0.005)       # the socket appears from another process
+        return client
+
     def finish(self, timeout: float = 30.0) -> tuple[int, str]:
         """Wait for exit: (exit code, stderr). Drains stdout into `lines`."""
         deadline = time.monotonic() + timeout

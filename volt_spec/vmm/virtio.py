@@ -191,16 +191,27 @@ class VirtioDevices:
             threading.Thread(target=self._io_loop, name="virtio-io", daemon=True).start()
 
     def _io_loop(self) -> None:
+        self.notifications = 0
         poller = select.poll()
         for fd in list(self.notifiers) + list(self.taps):
             poller.register(fd, select.POLLIN)
         while not self.machine.exit_event.is_set():
-            for fd, _ in poller.poll(500):
+            events = poller.poll(500)
+            if not events and os.environ.get("VOLT_VIRTIO_DEBUG"):     # idle: report stuck queues
+                for slot in self.slots:
+                    for i, q in enumerate(slot["transport"].queues):
+                        if q.ready and q.pending():
+                            os.write(2, f"virtio debug: {slot['name']} queue {i} has {q.pending()} pending, "
+                                        f"last_avail={q.last_avail_idx} used={q.used_idx} "
+                                        f"notifications={self.notifications} "
+                                        f"failures={slot['transport'].failures} err={slot['transport'].last_error!r}\n".encode())
+            for fd, _ in events:
                 if fd in self.notifiers:
                     try:
                         os.eventfd_read(fd)
                     except BlockingIOError:
                         continue
+                    self.notifications += 1
                     transport, q = self.notifiers[fd]
                     transport.queue_notify(q)
                 else:

@@ -13,6 +13,8 @@ The memory object needs `read(gpa, n) -> bytes`, `write(gpa, data)` and
 
 from __future__ import annotations
 
+import ctypes
+
 # Boot path: no `typing` at run time (see devices/serial.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,6 +49,25 @@ MAX_QUEUE_SIZE = 32768            # 2.7: the largest split queue size
 
 class QueueError(ValueError):
     """The driver laid out or filled a virtqueue in a way the spec forbids."""
+
+
+def load_u16(memory: Memory, gpa: int) -> int:
+    """One 16-bit load of a ring index the driver updates concurrently.
+
+    A byte-wise copy (what an mmap slice does for 2 bytes) can tear: the high byte
+    new, the low byte old. The driver stores the index with one 16-bit store, so we
+    read it with one 16-bit load (ctypes on the host address), bounds-checked first.
+    """
+    region, offset = memory.region_for(gpa, 2)
+    # SAFETY: region_for proved [gpa, gpa+2) lies inside this region's live mapping.
+    return ctypes.c_uint16.from_address(region.host_addr + offset).value
+
+
+def store_u16(memory: Memory, gpa: int, value: int) -> None:
+    """One 16-bit store of a ring index the driver reads concurrently (see load_u16)."""
+    region, offset = memory.region_for(gpa, 2)
+    # SAFETY: as in load_u16; the store is a single aligned 16-bit write.
+    ctypes.c_uint16.from_address(region.host_addr + offset).value = value & 0xFFFF
 
 
 def _u16(data: bytes, off: int = 0) -> int:
@@ -164,10 +185,10 @@ class Virtqueue:
         _check_range(self.memory, self.used, 6 + USED_ELEM_SIZE * size, "used ring")
 
     def _avail_idx(self) -> int:
-        return _u16(self.memory.read(self.avail + 2, 2))
+        return load_u16(self.memory, self.avail + 2)
 
     def _set_avail_event(self, value: int) -> None:
-        self.memory.write(self.used + 4 + USED_ELEM_SIZE * self.size, value.to_bytes(2, "little"))
+        store_u16(self.memory, self.used + 4 + USED_ELEM_SIZE * self.size, value)
 
     def pending(self) -> int:
         """How many chains the driver has made available and the device not yet taken."""
@@ -250,7 +271,7 @@ class Virtqueue:
         slot = self.used + 4 + USED_ELEM_SIZE * (self.used_idx % self.size)
         self.memory.write(slot, head.to_bytes(4, "little") + (written & 0xFFFFFFFF).to_bytes(4, "little"))
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self.memory.write(self.used + 2, self.used_idx.to_bytes(2, "little"))
+        store_u16(self.memory, self.used + 2, self.used_idx)
 
     def needs_notification(self) -> bool:
         """Should the device interrupt now for the used entries added since the last call?"""
@@ -261,9 +282,9 @@ class Virtqueue:
         if self.event_idx:
             if old is None:
                 return True            # unknown history (fresh or restored): notify to be safe
-            used_event = _u16(self.memory.read(self.avail + 4 + 2 * self.size, 2))
+            used_event = load_u16(self.memory, self.avail + 4 + 2 * self.size)
             return need_event(used_event, new, old)
-        return not _u16(self.memory.read(self.avail, 2)) & AVAIL_F_NO_INTERRUPT
+        return not load_u16(self.memory, self.avail) & AVAIL_F_NO_INTERRUPT
 
     # -- persistence -----------------------------------------------------------
 
