@@ -268,6 +268,38 @@ def _vm_name(target: str) -> str:
     return target
 
 
+def _with_write_progress(vm_dir, work):
+    """Run `work` (a snapshot through the API) showing how much memory is written so far, on a TTY."""
+    if not sys.stderr.isatty():
+        return work()
+    import threading
+    import time
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = work()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    shown = False
+    while t.is_alive():
+        t.join(0.2)
+        partial = [p for p in vm_dir.snapshots.glob(".*.partial-*/memory.snap")] if vm_dir.snapshots.is_dir() else []
+        written = sum(p.stat().st_blocks * 512 for p in partial if p.exists())
+        if partial:
+            sys.stderr.write(f"\rwriting memory: {written / 1048576:8.1f} MiB")
+            sys.stderr.flush()
+            shown = True
+    if shown:
+        sys.stderr.write("\n")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 @app.command("snapshot")
 def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file that declares it."),
              name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>).")) -> None:
@@ -287,7 +319,7 @@ def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file 
         raise typer.Exit(rc.FAILED)
     try:
         with vm_dir.lock():
-            result = take(vm_dir, name)
+            result = _with_write_progress(vm_dir, lambda: take(vm_dir, name))
     except SnapshotCommandError as e:
         _err(str(e))
         raise typer.Exit(rc.FAILED)

@@ -21,9 +21,12 @@ def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> 
     here_kvm = kvm_flavour()
     if host.get("kvm") != here_kvm:
         raise SnapshotError(f"{where}: taken on {host.get('kvm')} KVM, this host has {here_kvm} KVM")
-    vendor = cpu_identity()["vendor"]
-    if host.get("cpu_vendor") != vendor:
-        raise SnapshotError(f"{where}: taken on a {host.get('cpu_vendor')} CPU, this host has {vendor}")
+    cpu = cpu_identity()
+    if host.get("cpu_vendor") != cpu["vendor"]:
+        raise SnapshotError(f"{where}: taken on a {host.get('cpu_vendor')} CPU, this host has {cpu['vendor']}")
+    if host.get("cpu_model") not in (None, cpu["model_name"]):
+        raise SnapshotError(f"{where}: taken on a {host.get('cpu_model')!r}, this host has a {cpu['model_name']!r} "
+                            f"(the guest may rely on features this CPU lacks)")
     saved = state.get("meta", {}).get("xsave_size")
     if xsave_size is not None and saved is not None and int(saved) != xsave_size:
         raise SnapshotError(f"{where}: XSAVE area of {saved} bytes, this host uses {xsave_size}")
