@@ -160,13 +160,7 @@ class IoctlClock:
 
 def destroy(machine: Machine) -> None:
     """Close every fd and mapping of a machine that never ran: KVM frees the VM with the last fd."""
-    for vcpu in machine.vcpus:
-        vcpu.close()
-    machine.vm.close()
-    backing = {r.backing[0] for r in machine.memory.regions if r.backing is not None}
-    machine.memory.close()
-    for fd in backing:
-        os.close(fd)
+    machine.close()
 
 
 @contextlib.contextmanager

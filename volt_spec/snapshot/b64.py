@@ -12,7 +12,11 @@ def pack(struct: ctypes.Structure) -> str:
 
 def unpack_into(cls: type, text: str) -> ctypes.Structure:
     """A `cls` instance filled from base64 `text`; refuses a size mismatch."""
-    raw = binascii.a2b_base64(text)
+    return from_raw(cls, binascii.a2b_base64(text))
+
+
+def from_raw(cls: type, raw: bytes) -> ctypes.Structure:
+    """A `cls` instance holding exactly `raw`; refuses a size mismatch."""
     if len(raw) != ctypes.sizeof(cls):
         raise ValueError(f"{cls.__name__}: {len(raw)} bytes in the snapshot, {ctypes.sizeof(cls)} expected")
     return cls.from_buffer_copy(raw)

@@ -44,6 +44,13 @@ def encode(state: dict) -> bytes:
 
 def decode(raw: bytes, where: str) -> dict:
     """The verified state of a state.json file's bytes."""
+    doc, state = parse(raw, where)
+    verify(raw, doc, state, where)
+    return state
+
+
+def parse(raw: bytes, where: str) -> tuple[dict, dict]:
+    """(document, state) after the structural checks, before the CRC (see `verify`)."""
     if len(raw) > MAX_STATE_BYTES:
         raise SnapshotError(f"{where}: {len(raw)} bytes is over the {MAX_STATE_BYTES >> 20} MiB limit")
     from .fastjson import loads
@@ -63,6 +70,11 @@ def decode(raw: bytes, where: str) -> dict:
     state = doc.get("state")
     if not isinstance(state, dict):
         raise SnapshotError(f"{where}: no state object")
+    return doc, state
+
+
+def verify(raw: bytes, doc: dict, state: dict, where: str) -> None:
+    """Refuse a state whose CRC-64 does not match the one recorded."""
     want = str(doc.get("crc64", ""))
     # Files we wrote hold the state in canonical form already: CRC those bytes as they are,
     # and re-serialise only when that does not match (a file reformatted by hand, or corrupt).
@@ -71,7 +83,6 @@ def decode(raw: bytes, where: str) -> dict:
         got = f"{crc64(canonical(state)):016x}"
     if want.lower().removeprefix("0x") != got:
         raise SnapshotError(f"{where}: CRC-64 mismatch (recorded {want}, computed {got}): the file is corrupt")
-    return state
 
 
 def _state_bytes(raw: bytes) -> bytes:
@@ -82,6 +93,11 @@ def _state_bytes(raw: bytes) -> bytes:
 
 
 def read_state(snapshot_dir: str) -> dict:
+    raw, path = read_raw(snapshot_dir)
+    return decode(raw, path)
+
+
+def read_raw(snapshot_dir: str) -> tuple[bytes, str]:
     path = os.path.join(snapshot_dir, STATE_FILE)
     try:
         with open(path, "rb") as f:
@@ -90,4 +106,4 @@ def read_state(snapshot_dir: str) -> dict:
         raise SnapshotError(f"{snapshot_dir}: no {STATE_FILE} (not a snapshot, or an unfinished one)") from None
     except OSError as e:
         raise SnapshotError(f"{path}: {e.strerror}") from None
-    return decode(raw, path)
+    return raw, path

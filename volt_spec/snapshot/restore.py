@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
-from .format import MEMORY_FILE, SnapshotError, read_state
+from .format import MEMORY_FILE, SnapshotError, parse, read_raw, verify
 from .memory_file import MemoryFileError, map_memory
-from .vcpu_state import VcpuStateError, restore_vcpu
+from .vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
 from .vm_state import restore_vm
 
 
@@ -32,30 +32,49 @@ def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> 
         raise SnapshotError(f"{where}: XSAVE area of {saved} bytes, this host uses {xsave_size}")
 
 
-def load(snapshot_dir: str, xsave_size: int | None = None) -> tuple[dict, object]:
-    """Verified state and its memory, mapped MAP_PRIVATE (nothing created in KVM yet)."""
-    state = read_state(snapshot_dir)
-    check_compatible(state, snapshot_dir, xsave_size)
+def load(snapshot_dir: str, xsave_size: int | None = None):
+    """(state, memory mapped MAP_PRIVATE, checks) -- nothing created in KVM yet.
+
+    `checks()` verifies the CRC and the host's compatibility; the caller runs it while
+    KVM registers the memory (a 5 ms ioctl on another thread) and before any vCPU runs,
+    so a bad snapshot is still refused with nothing started. If the memory cannot even be
+    mapped, the CRC is checked first so the reason given is the real one.
+    """
+    raw, path = read_raw(snapshot_dir)
+    doc, state = parse(raw, path)
+
+    def checks() -> None:
+        verify(raw, doc, state, path)
+        check_compatible(state, snapshot_dir, xsave_size)
+
     try:
         memory = map_memory(os.path.join(snapshot_dir, state["memory"].get("file", MEMORY_FILE)),
                             state["memory"])
     except MemoryFileError as e:
+        checks()
         raise SnapshotError(str(e)) from None
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:
+        checks()
         raise SnapshotError(f"{snapshot_dir}: bad memory layout in state.json ({e})") from None
-    return state, memory
+    return state, memory, checks
 
 
 def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int]:
     """Create the vCPUs and restore vCPU, VM and device state, in the documented order."""
-    machine.create_vcpus()          # overlaps the memory-slot registration thread
-    machine.wait_memory()           # vCPU state (kvmclock MSRs, page tables) refers to guest RAM
     refused: list[int] = []
     try:
+        # While the memory-slot thread runs (KVM_SET_USER_MEMORY_REGION, ~5 ms): everything
+        # that does not name guest RAM.
+        machine.create_vcpus()
         for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
-            refused += restore_vcpu(vcpu, vstate)
-        restore_vm(machine.vm, state["vm"], clock_mode)
+            restore_vcpu_registers(vcpu, vstate)
         machine.restore_devices(state.get("devices", {}))
+        machine.wait_memory()
+        # Guest RAM registered: MSRs (kvmclock, async PF point into it) and events, then the
+        # VM-wide irqchip, PIT and clock.
+        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
+            refused += restore_vcpu_msrs_and_events(vcpu, vstate)
+        restore_vm(machine.vm, state["vm"], clock_mode)
     except VcpuStateError as e:
         raise SnapshotError(str(e)) from None
     except (OSError, KeyError, ValueError) as e:

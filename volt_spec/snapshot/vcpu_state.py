@@ -15,7 +15,7 @@ import ctypes
 
 from ..kvm import structs as s
 from ..kvm.vcpu import Vcpu
-from .b64 import pack, unpack_into
+from .b64 import from_raw, pack, unpack_into
 
 
 def xsave_size(kvm) -> int:
@@ -80,12 +80,18 @@ def pack_cpuid(cpuid: ctypes.Structure) -> str:
 
 def restore_vcpu(vcpu: Vcpu, state: dict) -> list[int]:
     """Put a saved state into a fresh vCPU, in the order above; returns refused MSR indices."""
+    restore_vcpu_registers(vcpu, state)
+    return restore_vcpu_msrs_and_events(vcpu, state)
+
+
+def restore_vcpu_registers(vcpu: Vcpu, state: dict) -> None:
+    """CPUID2 .. LAPIC: nothing here reads guest RAM, so it may run while KVM still registers it."""
     step = "cpuid"
     try:
         import binascii
         raw = binascii.a2b_base64(state["cpuid"])
         nent = int.from_bytes(raw[:4], "little")
-        vcpu.set_cpuid2(unpack_into(s.kvm_cpuid2(nent), state["cpuid"]))
+        vcpu.set_cpuid2(from_raw(s.kvm_cpuid2(nent), raw))
         step = "mp_state"
         vcpu.set_mp_state(int(state["mp_state"]))
         step = "sregs"
@@ -93,15 +99,23 @@ def restore_vcpu(vcpu: Vcpu, state: dict) -> list[int]:
         step = "regs"
         vcpu.set_regs(unpack_into(s.KvmRegs, state["regs"]))
         step = "xsave"
-        size = len(binascii.a2b_base64(state["xsave"]))
-        vcpu.set_xsave(unpack_into(s.kvm_xsave(size) if size > 4096 else s.KvmXsave, state["xsave"]))
+        raw = binascii.a2b_base64(state["xsave"])
+        vcpu.set_xsave(from_raw(s.kvm_xsave(len(raw)) if len(raw) > 4096 else s.KvmXsave, raw))
         step = "xcrs"
         vcpu.set_xcrs(unpack_into(s.KvmXcrs, state["xcrs"]))
         step = "debugregs"
         vcpu.set_debugregs(unpack_into(s.KvmDebugregs, state["debugregs"]))
         step = "lapic"
         vcpu.set_lapic(unpack_into(s.KvmLapicState, state["lapic"]))
-        step = "msrs"
+    except (OSError, ValueError, KeyError) as e:
+        raise VcpuStateError(f"restoring vcpu {vcpu.index} ({step}): {e}") from e
+
+
+def restore_vcpu_msrs_and_events(vcpu: Vcpu, state: dict) -> list[int]:
+    """MSRS (after LAPIC; kvmclock and async-PF MSRs name guest RAM, so after it is registered),
+    then VCPU_EVENTS last. Returns the MSR indices KVM refused."""
+    step = "msrs"
+    try:
         refused = restore_msrs(vcpu, state["msrs"])
         step = "vcpu_events"
         vcpu.set_vcpu_events(unpack_into(s.KvmVcpuEvents, state["vcpu_events"]))

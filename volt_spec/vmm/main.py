@@ -280,11 +280,17 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None =
     from .config import VmConfig
     from .machine import Machine
 
-    state, memory = load(snapshot_dir, xsave_size(kvm))
-    meta, bootinfo = state["meta"], state.get("boot", {})
-    config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
-                      cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
-                      vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
+    from ..snapshot.format import SnapshotError
+    state, memory, checks = load(snapshot_dir, xsave_size(kvm))
+    try:
+        meta, bootinfo = state["meta"], state.get("boot", {})
+        config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
+                          cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
+                          vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        memory.close()
+        checks()                        # a corrupt file: say so rather than what is missing
+        raise SnapshotError(f"{snapshot_dir}: bad metadata in state.json ({e})") from None
     opts = opts or {}
     try:
         machine = Machine(kvm, config, memory=memory)
@@ -292,6 +298,7 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None =
         memory.close()
         raise
     try:
+        checks()            # CRC and host compatibility, while KVM registers the memory
         if state.get("virtio"):
             from .virtio import VirtioDevices
             disks, nets = VirtioDevices.configs_for_restore(
