@@ -84,12 +84,12 @@ class ElfImage:
         return None
 
     def load_writes(self) -> list[tuple[int, bytes]]:
-        """(guest-physical address, bytes) for every loadable segment, bss zero-filled."""
-        out = []
-        for seg in self.segments:
-            body = self.data[seg.offset:seg.offset + seg.filesz]
-            out.append((seg.paddr, body + bytes(seg.memsz - seg.filesz)))
-        return out
+        """(guest-physical address, bytes) for every loadable segment's file part.
+
+        The bss (memsz beyond filesz) is not written: a new VM's RAM is fresh anonymous
+        memory and already zero, and writing zeros would only fault its pages in."""
+        return [(seg.paddr, self.data[seg.offset:seg.offset + seg.filesz]) for seg in self.segments
+                if seg.filesz]
 
     def phys_span(self) -> tuple[int, int]:
         lo = min(s.paddr for s in self.segments)

@@ -173,6 +173,8 @@ def run(argv: list[str]) -> int:
 
 
 def virtio_configs(opts: dict):
+    if not opts.get("disk") and not opts.get("net"):
+        return [], []                   # no virtio: keep its modules (threading, select...) unloaded
     from .virtio import DiskConfig, NetConfig
     disks = [DiskConfig.parse(t, i) for i, t in enumerate(opts.get("disk", []))]
     nets = [NetConfig.parse(t, i, opts.get("name", "vm")) for i, t in enumerate(opts.get("net", []))]
