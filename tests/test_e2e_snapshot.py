@@ -57,6 +57,9 @@ def test_corrupt_latest_snapshot_falls_back_to_cold_boot_with_a_warning(volt, tm
     assert volt.state("f")["booted_from"] == "cold"
     v = volt("snapshots", "verify", "s1", check=1)
     assert "INVALID" in v.stdout and "CRC-64" in v.stdout
+    assert volt("snapshots", "delete", "s1").stdout.strip() == "snapshot s1 deleted"
+    assert json.loads(volt("snapshots", "list", "-o", "json").stdout) == []
+    assert "no snapshot 'nope'" in volt("snapshots", "delete", "nope", check=1).stderr
 
 
 def test_spec_change_does_not_restore_an_old_shape(volt, tmp_path):

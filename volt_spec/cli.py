@@ -392,18 +392,25 @@ def _snap_json(r: dict) -> dict:
                               "valid", "reason", "path")}
 
 
+def _snapshot_path(snapshot_id: str) -> Path:
+    """The snapshot's directory, or a one-line error and exit 1."""
+    from .runner.snapshots import find
+    path = find(_home(), snapshot_id)
+    if path is None:
+        _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
+        raise typer.Exit(rc.FAILED)
+    return path
+
+
 @snapshots_app.command("verify")
 def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot to check.")) -> None:
     """Check a snapshot: the CRC of its state and the checksum of its memory file.
 
     Example: volt snapshots verify hello-20261127-120000-ab12
     """
-    from .runner.snapshots import find, summary
-    path = find(_home(), snapshot_id)
-    if path is None:
-        _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
-        raise typer.Exit(rc.FAILED)
     from .runner.progress import Progress
+    from .runner.snapshots import summary
+    path = _snapshot_path(snapshot_id)
     bar = Progress((path / "memory.snap").stat().st_size if (path / "memory.snap").exists() else 1,
                    f"verifying {snapshot_id}")
     row = summary(path, path.parent.name, deep=True, progress=bar)
@@ -420,12 +427,8 @@ def snapshots_delete(snapshot_id: str = typer.Argument(..., help="The snapshot t
 
     Example: volt snapshots delete hello-20261127-120000-ab12
     """
-    from .runner.snapshots import delete, find
-    path = find(_home(), snapshot_id)
-    if path is None:
-        _err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
-        raise typer.Exit(rc.FAILED)
-    delete(path)
+    from .runner.snapshots import delete
+    delete(_snapshot_path(snapshot_id))
     typer.echo(f"snapshot {snapshot_id} deleted")
 
 
