@@ -96,3 +96,17 @@ def test_vmm_killed_mid_snapshot_leaves_older_snapshots_intact(volt, tmp_path):
     assert volt("apply", spec).stdout.startswith("vm/k restored from good")
     volt("snapshot", "k", "--name", "after")         # the next snapshot clears the partial leftovers
     assert not any(p.name.startswith(".") for p in snapdir.iterdir())
+
+
+def test_volt_restore_replaces_the_running_vm(volt, tmp_path):
+    spec = write(tmp_path / "r.yaml", spec_text("r", cmdline="volt.ticks=0 volt.tick_ms=50"))
+    volt("apply", spec)
+    volt.wait_log("r", "tick 3 ")
+    volt("snapshot", "r", "--name", "early")
+    volt.wait_log("r", "tick 30 ")
+    old_pid = volt.state("r")["pid"]
+    out = volt("restore", "r", "--snapshot", "early").stdout
+    assert re.match(r"vm/r restored from early in \d+ ms", out), out
+    row = volt.wait_state("r", "running")
+    assert row["pid"] != old_pid and row["booted_from"] == "snapshot early"
+    assert "no valid snapshot nope" in volt("restore", "r", "--snapshot", "nope", check=1).stderr
