@@ -54,8 +54,18 @@ def resolve(spec) -> dict:
             "virtio_announce": devices.get("virtioAnnounce", "acpi")}
 
 
+def file_sha256(path: str) -> str | None:
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
 def applied_record(spec, vm: dict, applied_from: list[str]) -> dict:
     return {"name": spec.name, "source": spec.source, "applied_from": applied_from,
+            "source_sha256": file_sha256(spec.source),
             "document": spec.document, "spec_hash": spec.spec_hash(), "machine_hash": spec.machine_hash(),
             "running": spec.running, "labels": dict(spec.labels), "vm": vm,
             "snapshots": spec.snapshots, "applied_at": time.time()}
