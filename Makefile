@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := gcc binutils make acpica-tools e2fsprogs iproute2
+APT_PACKAGES := gcc binutils make acpica-tools e2fsprogs iproute2 python3-venv
 
 .PHONY: demo test deps system-deps clean bench linux-example
 
@@ -41,7 +41,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m compileall -q volt_spec
-	$(PY) -m pytest -q -rfE
+	$(PY) -m pytest -q -rfEs
 
 # What examples/vms/linux.yaml needs (Debian's cloud kernel, busybox, its virtio modules, an ext4 disk).
 linux-example: $(STAMP)
