@@ -11,14 +11,10 @@ usage: python benchmarks/boot.py [--runs N] [--pc-runs N] [--memory MIB] [--vcpu
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import select
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tabulate import tabulate
@@ -26,38 +22,17 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from volt_spec.guest.build import build_guest  # noqa: E402
 from volt_spec.kvm.flavour import kvm_flavour  # noqa: E402
+from volt_spec.runner.vmctl import vmm_command  # noqa: E402
+
+from common import spawn_until  # noqa: E402
 
 READY = re.compile(rb"VOLT-READY uptime_ms=(\d+)")
 
 
-def vmm_command() -> list[str]:
-    """The installed volt-vmm launcher beside this interpreter, else `python -m`."""
-    script = Path(sys.executable).parent / "volt-vmm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "volt_spec.vmm.main"]
-
-
-def time_to_ready(cmd: list[str], timeout: float = 120.0) -> tuple[float, int | None]:
+def time_to_ready(cmd: list[str], timeout: float = 120.0) -> tuple[float, int]:
     """Spawn `cmd`; seconds until a console line has VOLT-READY, and the guest's uptime_ms."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    buf = b""
-    try:
-        while True:
-            ready, _, _ = select.select([proc.stdout], [], [], timeout)
-            if not ready:
-                raise RuntimeError(f"no VOLT-READY within {timeout}s: {cmd}")
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                raise RuntimeError(f"exited before VOLT-READY: {cmd}")
-            buf += chunk
-            m = READY.search(buf)
-            if m and b"\n" in buf[m.end():]:
-                return time.perf_counter() - t0, int(m.group(1))
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    wall, m = spawn_until(cmd, READY, timeout)
+    return wall, int(m.group(1))
 
 
 def stats_ms(samples: list[float]) -> list[str]:

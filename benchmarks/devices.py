@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from volt_spec.guest import protocol  # noqa: E402
 from volt_spec.guest.build import build_guest  # noqa: E402
 from volt_spec.kvm.flavour import kvm_flavour  # noqa: E402
+from volt_spec.runner.vmctl import vmm_command  # noqa: E402
 
 DISK_MIB = 64                      # the sequential region: the whole disk
 GUEST_MIB = 256
@@ -90,12 +91,6 @@ class Samples:
 
     def add(self, metric: str, value: float) -> None:
         self.values.setdefault(metric, []).append(value)
-
-
-def vmm_command() -> list[str]:
-    """The installed volt-vmm launcher beside this interpreter, else `python -m`."""
-    script = Path(sys.executable).parent / "volt-vmm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "volt_spec.vmm.main"]
 
 
 def run_guest(argv: list[str], netns: str | None = None) -> list[str]:

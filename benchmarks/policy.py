@@ -26,19 +26,15 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from volt_spec.guest.build import build_guest  # noqa: E402
+from volt_spec.runner.vmctl import vmm_command  # noqa: E402
 from volt_spec.snapshot.format import read_state  # noqa: E402
 
 TICK = re.compile(rb"^tick (\d+) clock_ms=(\d+)", re.M)
 PERIOD_MS = 10
 
 
-def vmm() -> list[str]:
-    script = Path(sys.executable).parent / "volt-vmm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "volt_spec.vmm.main"]
-
-
 def run(guest: str, memory: int, seconds: float, policy: Path | None) -> bytes:
-    cmd = vmm() + ["--kernel", guest, "--memory", str(memory),
+    cmd = vmm_command() + ["--kernel", guest, "--memory", str(memory),
                    "--cmdline", f"volt.ticks=0 volt.tick_ms={PERIOD_MS} volt.mem=64"]
     if policy:
         cmd += ["--policy", str(policy)]

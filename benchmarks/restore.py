@@ -44,7 +44,6 @@ import functools
 import json
 import os
 import re
-import select
 import shutil
 import socket
 import statistics
@@ -66,6 +65,7 @@ from volt_spec.kvm.flavour import kvm_flavour  # noqa: E402
 from volt_spec.kvm.system import Kvm  # noqa: E402
 from volt_spec.kvm.vcpu import Vcpu  # noqa: E402
 from volt_spec.kvm.vm import KVM_CLOCK_REALTIME, Vm  # noqa: E402
+from volt_spec.runner.vmctl import vmm_command  # noqa: E402
 from volt_spec.snapshot.b64 import unpack_into  # noqa: E402
 from volt_spec.snapshot.format import MEMORY_FILE, read_state  # noqa: E402
 from volt_spec.snapshot.memory_file import map_memory  # noqa: E402
@@ -75,6 +75,8 @@ from volt_spec.snapshot.vm_state import CHIPS  # noqa: E402
 from volt_spec.vmm import main as vmm_main  # noqa: E402
 from volt_spec.vmm.config import VmConfig  # noqa: E402
 from volt_spec.vmm.machine import Machine  # noqa: E402
+
+from common import spawn_until  # noqa: E402
 
 TICK_CMDLINE = "volt.ticks=0 volt.tick_ms=10"
 MEM_WORKLOAD_MIB = 64
@@ -112,12 +114,6 @@ def stats(samples: list[float]) -> list[str]:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
-
-
-def vmm_command() -> list[str]:
-    """The installed volt-vmm launcher beside this interpreter, else `python -m`."""
-    script = Path(sys.executable).parent / "volt-vmm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "volt_spec.vmm.main"]
 
 
 class IoctlClock:
@@ -307,28 +303,7 @@ def bench_library_call(snaps: dict[int, str], runs: int) -> tuple[list[list], li
 def spawn_to_tick(cmd: list[str], after_spawn: Callable[[subprocess.Popen], None] | None = None,
                   timeout: float = SPAWN_TIMEOUT_S) -> float:
     """Spawn `cmd`, optionally drive it (`after_spawn`), return seconds until a `tick` line arrives."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        if after_spawn is not None:
-            after_spawn(proc)
-        buf = b""
-        deadline = t0 + timeout
-        while True:
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.perf_counter()))
-            if not ready:
-                raise RuntimeError(f"no tick line within {timeout:g} s: {' '.join(cmd)}")
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                raise RuntimeError(f"exited (status {proc.wait()}) before a tick line: {' '.join(cmd)}")
-            buf += chunk
-            m = TICK_LINE.search(buf)
-            if m and b"\n" in buf[m.end():]:
-                return time.perf_counter() - t0
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+    return spawn_until(cmd, TICK_LINE, timeout, after_spawn)[0]
 
 
 class Console:
