@@ -8,8 +8,6 @@ import subprocess
 import sys
 import threading
 
-import pytest
-
 from .voltcli import spec_text, write
 
 
@@ -125,7 +123,7 @@ def test_failed_apply_creates_nothing_and_keeps_the_old_vm(volt, tmp_path):
 
     good = write(tmp_path / "g.yaml", spec_text("g"))
     volt("apply", good)
-    pid = volt.wait_state("g", "running")["pid"]
+    volt.wait_state("g", "running")
     write(tmp_path / "g.yaml", spec_text("g", memory="256Mi").replace("builtin:testguest", str(tmp_path / "notakernel")))
     r = volt("apply", good, check=1)
     assert "the previous VM was started again" in r.stdout, r.stdout

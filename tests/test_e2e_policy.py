@@ -7,8 +7,6 @@ import re
 import subprocess
 import time
 
-import pytest
-
 from volt_spec.api.client import ApiClient
 
 
@@ -80,7 +78,7 @@ def test_interval_trigger_and_retention_keep_exactly_count(volt, tmp_path):
 def test_console_trigger_fires_on_a_matching_line(volt, tmp_path):
     path = spec(tmp_path, "con", '[{trigger: console, match: "^tick 3 "}]')
     volt("apply", path)
-    rows = wait_until(lambda: snaps(volt), what="the console snapshot")
+    wait_until(lambda: snaps(volt), what="the console snapshot")
     volt.wait_log("con", "tick 6 ")
     assert [r["trigger"] for r in snaps(volt)] == ["console"]
 

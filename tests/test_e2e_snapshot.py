@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from .voltcli import spec_text, write
 
 

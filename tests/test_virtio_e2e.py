@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import sys
 
 import pytest
@@ -100,7 +99,7 @@ def test_snapshot_during_disk_and_network_io_then_restore_continues(tmp_path, gu
                    "--cmdline", cmdline, "--api-sock", sock) as vmm:
             vmm.wait_for_value(r"^blk-round (\d+) ok ", 3, timeout=60)
             vmm.wait_for(r"^net-round \d+ ", timeout=60)
-            result = vmm.wait_api(sock).put("/snapshot/create", {"snapshot_path": str(tmp_path / "snap")})
+            vmm.wait_api(sock).put("/snapshot/create", {"snapshot_path": str(tmp_path / "snap")})
             counters = ApiClient(sock).get("/vm")["counters"]["virtio"]
             assert counters["data"]["writes"] > 0 and counters["eth0"]["tx_frames"] > 0
             blk_before = rounds(vmm.lines, protocol.BLK_ROUND_RE)

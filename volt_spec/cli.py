@@ -273,7 +273,6 @@ def _with_write_progress(vm_dir, work):
     if not sys.stderr.isatty():
         return work()
     import threading
-    import time
     result: dict = {}
 
     def run() -> None:
