@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import time
 from pathlib import Path
 
+from ..snapshot.store import disk_usage, new_id, remove
 from .home import VmDir
 
 ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]{0,80}[a-z0-9])?$")
@@ -17,10 +15,6 @@ class SnapshotCommandError(RuntimeError):
     pass
 
 
-def new_id(vm_name: str) -> str:
-    return f"{vm_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
-
-
 def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
     """One catalogue row; `valid` checks the state CRC (and with deep=True the memory checksum)."""
     from ..snapshot.format import SnapshotError, read_state
@@ -28,7 +22,7 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
            "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": "",
            "machine_hash": None}
     try:
-        row["size_bytes"] = sum(p.stat().st_blocks * 512 for p in path.iterdir())
+        row["size_bytes"] = disk_usage(str(path))
         state = read_state(str(path))
         meta = state.get("meta", {})
         row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"),
@@ -145,7 +139,4 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
 
 
 def delete(path: Path) -> None:
-    import shutil
-    tmp = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-    os.rename(path, tmp)          # atomic: it stops being listed at once
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove(str(path))

@@ -16,6 +16,7 @@ import time
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .format import MEMORY_FILE, STATE_FILE, SnapshotError, encode
+from .store import disk_usage
 from .memory_file import ForkedWrite, MemoryFileError, memory_digest, write_memory
 
 # Copy guest memory in a forked child so the guest is paused only for the fork.
@@ -109,9 +110,3 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
             "memory_data_bytes": memory["data_bytes"], "created": state["meta"]["created"]}
 
 
-def disk_usage(path: str) -> int:
-    """Bytes the snapshot occupies on disk (holes in memory.snap cost nothing)."""
-    total = 0
-    for name in os.listdir(path):
-        total += os.stat(os.path.join(path, name)).st_blocks * 512
-    return total

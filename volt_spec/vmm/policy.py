@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import threading
 import time
 
 from ..snapshot.format import SnapshotError
+from ..snapshot.store import new_id, remove
 
 MAX_LINE = 4096
 
@@ -121,7 +121,7 @@ class PolicyEngine:
         from ..snapshot.create import create_snapshot
         if not self.dir:
             return None
-        snap_id = f"{self.vm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        snap_id = new_id(self.vm)
         meta = {"id": snap_id, "vm": self.vm, "trigger": trigger,
                 "machine_hash": self.policy.get("machine_hash"), "spec": self.policy.get("spec")}
         try:
@@ -175,12 +175,9 @@ class PolicyEngine:
             if too_many or too_old:
                 doomed.append((name, path))
                 excess -= 1
-        for name, path in doomed:
-            import shutil
-            tmp = os.path.join(self.dir, f".{name}.deleting-{os.getpid()}")
+        for _name, path in doomed:
             try:
-                os.rename(path, tmp)
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove(path)
             except OSError:
                 pass
         return [n for n, _ in doomed]
