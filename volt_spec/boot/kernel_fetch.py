@@ -16,6 +16,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from volt_spec.boot.bzimage import extract_vmlinux
@@ -87,19 +88,27 @@ def candidate_version(package: str) -> str:
     return _with_apt_update(["apt-cache", "show", "--no-all-versions", package], parse)
 
 
-def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path:
-    """Download `package`, unpack it aside and keep the one file matching `member_glob` as dest."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as scratch:
+@contextmanager
+def _unpacked(package: str, beside: Path):
+    """`apt-get download` a package and `dpkg-deb -x` it in a scratch dir next to `beside`;
+    yields (the .deb's name, the unpacked root). The scratch dir goes away afterwards."""
+    beside.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=beside, prefix=".fetch-") as scratch:
         work = Path(scratch)
         _run(["apt-get", "download", "-qq", package], cwd=work)
         debs = sorted(work.glob("*.deb"))
         if not debs:
             raise KernelFetchError(f"apt-get download {package} produced no .deb")
         _run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")])
-        members = sorted((work / "root").glob(member_glob))
+        yield debs[0].name, work / "root"
+
+
+def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path:
+    """Download `package`, unpack it aside and keep the one file matching `member_glob` as dest."""
+    with _unpacked(package, dest.parent) as (deb, root):
+        members = sorted(root.glob(member_glob))
         if not members:
-            raise KernelFetchError(f"{debs[0].name} has no {member_glob}")
+            raise KernelFetchError(f"{deb} has no {member_glob}")
         atomic_copy(members[0], dest, mode)
     return dest
 
@@ -115,18 +124,11 @@ def fetch_kernel_modules(names: list[str], cache_dir: Path | None = None) -> lis
     wanted = [folder / f"{n}.ko" for n in names]
     if all(p.is_file() for p in wanted):
         return wanted
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".fetch-") as scratch:
-        work = Path(scratch)
-        _run(["apt-get", "download", "-qq", f"linux-image-{version}"], cwd=work)
-        debs = sorted(work.glob("*.deb"))
-        if not debs:
-            raise KernelFetchError(f"apt-get download linux-image-{version} produced no .deb")
-        _run(["dpkg-deb", "-x", str(debs[0]), str(work / "root")])
+    with _unpacked(f"linux-image-{version}", folder.parent) as (deb, root):
         for name, dest in zip(names, wanted):
-            found = sorted((work / "root" / "lib" / "modules").glob(f"*/kernel/**/{name}.ko*"))
+            found = sorted((root / "lib" / "modules").glob(f"*/kernel/**/{name}.ko*"))
             if not found:
-                raise KernelFetchError(f"{debs[0].name} has no module {name}")
+                raise KernelFetchError(f"{deb} has no module {name}")
             data = found[0].read_bytes()
             if found[0].suffix == ".xz":
                 import lzma
