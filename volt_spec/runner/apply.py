@@ -77,10 +77,9 @@ def plan(spec, home: Path) -> tuple[str, str]:
     applied = vm_dir.read_applied()
     if applied is None:
         return CREATED, "" if spec.running else "stopped"
-    obs = observe(vm_dir)
     if applied.get("machine_hash") != spec.machine_hash():
-        return REPLACED, "machine changed: " + ", ".join(machine_changes(applied, spec)) if machine_changes(
-            applied, spec) else "machine changed"
+        return REPLACED, "machine changed: " + ", ".join(machine_changes(applied, spec))
+    obs = observe(vm_dir)
     if spec.running and obs["state"] == FAILED:
         return REPLACED, f"was failed: {obs['reason']}"
     if spec.running and obs["state"] not in (RUNNING, PAUSED):
