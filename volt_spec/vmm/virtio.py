@@ -192,12 +192,13 @@ class VirtioDevices:
 
     def _io_loop(self) -> None:
         self.notifications = 0
+        debug = bool(os.environ.get("VOLT_VIRTIO_DEBUG"))
         poller = select.poll()
         for fd in list(self.notifiers) + list(self.taps):
             poller.register(fd, select.POLLIN)
         while not self.machine.exit_event.is_set():
             events = poller.poll(500)
-            if not events and os.environ.get("VOLT_VIRTIO_DEBUG"):     # idle: report stuck queues
+            if not events and debug:        # idle: report queues with work nobody was told about
                 for slot in self.slots:
                     for i, q in enumerate(slot["transport"].queues):
                         if q.ready and q.pending():
