@@ -339,9 +339,7 @@ class Machine:
     def request_exit(self, code: int, reason: str) -> None:
         """Record the first reason the VM stops, wake the main thread and kick the vCPUs."""
         with self.bus_lock:
-            if self.exit_code is None:
-                self.exit_code, self.exit_reason = code, reason
-        self.exit_event.set()
+            self._stopping(code, reason)
         self.kick_all()
 
     def kick_all(self) -> None:
