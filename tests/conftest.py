@@ -15,3 +15,12 @@ def volt(tmp_path):
     v = Volt(tmp_path / "home")
     yield v
     v("delete", "--all", check=None)
+
+
+@pytest.fixture
+def memory():
+    """16 MiB of fresh guest RAM for device-model tests (no KVM)."""
+    from volt_spec.kvm.memory import GuestMemory
+    mem = GuestMemory.anonymous([(0, 16 << 20)])
+    yield mem
+    mem.close()

@@ -9,16 +9,8 @@ import pytest
 from volt_spec.devices.virtio import blk as b
 from volt_spec.devices.virtio import mmio as m
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
-from volt_spec.kvm.memory import GuestMemory
 
 SECTORS = 64
-
-
-@pytest.fixture
-def memory():
-    mem = GuestMemory.anonymous([(0, 16 << 20)])
-    yield mem
-    mem.close()
 
 
 @pytest.fixture

@@ -9,17 +9,9 @@ import pytest
 from volt_spec.devices.virtio import mmio as m
 from volt_spec.devices.virtio.blk import VirtioBlk
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
-from volt_spec.kvm.memory import GuestMemory
 from volt_spec.snapshot.device_state import decode_state, encode_state
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def memory():
-    mem = GuestMemory.anonymous([(0, 16 * MiB)])
-    yield mem
-    mem.close()
 
 
 @pytest.fixture

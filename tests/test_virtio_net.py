@@ -8,17 +8,9 @@ from volt_spec.devices.virtio import mmio as m
 from volt_spec.devices.virtio import net as n
 from volt_spec.devices.virtio.tap import FakeTap, ifreq, mac_for
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
-from volt_spec.kvm.memory import GuestMemory
 
 MAC = bytes.fromhex("02aabbccddee")
 FRAME = bytes.fromhex("ffffffffffff") + MAC + b"\x08\x00" + b"hello" * 20
-
-
-@pytest.fixture
-def memory():
-    mem = GuestMemory.anonymous([(0, 16 << 20)])
-    yield mem
-    mem.close()
 
 
 @pytest.fixture

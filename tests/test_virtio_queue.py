@@ -6,17 +6,9 @@ import pytest
 
 from volt_spec.devices.virtio import queue as vq
 from volt_spec.devices.virtio.testing import Heap, QueueDriver
-from volt_spec.kvm.memory import GuestMemory
 
 SIZE = 8
 RAM = 16 << 20
-
-
-@pytest.fixture
-def memory():
-    mem = GuestMemory.anonymous([(0, RAM)])
-    yield mem
-    mem.close()
 
 
 def make(memory, indirect=True, event_idx=False):

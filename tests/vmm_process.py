@@ -35,15 +35,16 @@ class VmmProcess:
         self.lines += [c.decode(errors="replace").rstrip("\r") for c in complete]
         return True
 
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        """The first console line matching `pattern` (regex); fails with the log on timeout/EOF."""
+    def wait_for(self, pattern: str, timeout: float = 30.0, accept=None) -> re.Match:
+        """The first console line matching `pattern` (regex) that `accept(match)` (if given) takes;
+        fails with the console and stderr on timeout or when the VMM exits first."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
             for line in self.lines[seen:]:
                 m = rx.search(line)
-                if m:
+                if m and (accept is None or accept(m)):
                     return m
             seen = len(self.lines)
             remaining = deadline - time.monotonic()
@@ -51,30 +52,21 @@ class VmmProcess:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout}s; console:\n"
                                      + "\n".join(self.lines[-40:]))
             if not self._read_some(min(remaining, 1.0)):
+                if self._buf:                                # a last line without its newline
+                    self.lines.append(self._buf.decode(errors="replace"))
+                    self._buf = b""
                 for line in self.lines[seen:]:
-                    if rx.search(line):
-                        return rx.search(line)
-                if self._buf and rx.search(self._buf.decode(errors="replace")):
-                    return rx.search(self._buf.decode(errors="replace"))
+                    m = rx.search(line)
+                    if m and (accept is None or accept(m)):
+                        return m
                 err = self.proc.stderr.read().decode(errors="replace")
                 raise AssertionError(f"volt-vmm exited before {pattern!r}; stderr: {err}\nconsole:\n"
                                      + "\n".join(self.lines[-40:]))
 
     def wait_for_value(self, pattern: str, at_least: int, timeout: float = 30.0) -> int:
         """Wait for a line whose first group (an integer) is >= at_least; returns it."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for line in self.lines[seen:]:
-                m = rx.search(line)
-                if m and int(m.group(1)) >= at_least:
-                    return int(m.group(1))
-            seen = len(self.lines)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._read_some(min(max(remaining, 0), 1.0)):
-                raise AssertionError(f"no line matching {pattern!r} with value >= {at_least}; console:\n"
-                                     + "\n".join(self.lines[-20:]))
+        m = self.wait_for(pattern, timeout, accept=lambda m: int(m.group(1)) >= at_least)
+        return int(m.group(1))
 
     def wait_api(self, sock: str, timeout: float = 10.0):
         """An ApiClient once the VMM's API answers (it starts just after the vCPUs)."""
