@@ -269,10 +269,18 @@ def boot(kvm, config, opts: dict | None = None):
     except BaseException:
         machine.close()
         raise
+    launch(machine)
+    return machine, plan.protocol
+
+
+def launch(machine, restored: bool = False) -> None:
+    """Start the vCPUs, then the virtio I/O thread; after a restore, serve what the guest queued
+    just before the snapshot."""
     machine.start()
     if machine.virtio is not None:
         machine.virtio.start()
-    return machine, plan.protocol
+        if restored:
+            machine.virtio.kick_all()
 
 
 def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None = None):
@@ -314,10 +322,7 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None =
     except BaseException:
         machine.close()
         raise
-    machine.start()
-    if machine.virtio is not None:
-        machine.virtio.start()
-        machine.virtio.kick_all()
+    launch(machine, restored=True)
     snap_id = os.path.basename(os.path.normpath(snapshot_dir))
     return machine, bootinfo.get("boot") or "snapshot", f"snapshot {snap_id}"
 
