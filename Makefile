@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := gcc binutils make acpica-tools e2fsprogs iproute2 python3-venv
 
-.PHONY: demo test deps system-deps clean bench linux-example
+.PHONY: demo test test-hw test-hw-full deps system-deps clean bench linux-example
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -42,6 +42,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m compileall -q volt_spec
 	$(PY) -m pytest -q -rfEs
+
+# The hardware-KVM lane: the suite inside a Linux with a real (SVM) KVM, under QEMU TCG (tests/hwlane).
+# test-hw runs the tests marked hwlane (guests through KVM: snapshots, restore, clones, policies,
+# virtio, apply, real Linux) and is part of CI; test-hw-full runs the whole suite there (hours).
+test-hw: $(STAMP)
+	@command -v qemu-system-x86_64 >/dev/null || { echo "make test-hw needs QEMU: apt-get install qemu-system-x86"; exit 2; }
+	$(PY) -m compileall -q volt_spec tests
+	$(PY) -m tests.hwlane --set ci
+
+test-hw-full: $(STAMP)
+	@command -v qemu-system-x86_64 >/dev/null || { echo "make test-hw-full needs QEMU: apt-get install qemu-system-x86"; exit 2; }
+	$(PY) -m compileall -q volt_spec tests
+	$(PY) -m tests.hwlane --set full
 
 # What examples/vms/linux.yaml needs (Debian's cloud kernel, busybox, its virtio modules, an ext4 disk).
 linux-example: $(STAMP)

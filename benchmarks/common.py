@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
+import socket
+import statistics
 import subprocess
+import threading
 import time
+from pathlib import Path
 from typing import Callable
+
+SPAWN_TIMEOUT_S = 60.0
+QMP_POLL_S = 0.001
 
 
 def spawn_until(cmd: list[str], pattern: re.Pattern[bytes], timeout: float,
@@ -36,3 +44,107 @@ def spawn_until(cmd: list[str], pattern: re.Pattern[bytes], timeout: float,
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def stats(samples: list[float]) -> list[str]:
+    """min / median / max, formatted."""
+    if not samples:
+        return ["-", "-", "-"]
+    return [f"{min(samples):.2f}", f"{statistics.median(samples):.2f}", f"{max(samples):.2f}"]
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+class Console:
+    """A long-lived process whose stdout lines are collected by a thread (the pipe never fills)."""
+
+    def __init__(self, cmd: list[str], log: Path) -> None:
+        self.err = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.eof = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode(errors="replace").rstrip("\r\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = SPAWN_TIMEOUT_S) -> str:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if rx.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if self.eof or remaining <= 0:
+                    raise RuntimeError(f"no line matching {pattern!r}; last lines: {self.lines[-5:]}")
+                self.cond.wait(remaining)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.thread.join(5)
+        self.proc.stdout.close()
+        self.err.close()
+
+    def __enter__(self) -> "Console":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Qmp:
+    """A minimal QMP client: one JSON object per line, events skipped."""
+
+    def __init__(self, path: str, timeout: float = SPAWN_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"QMP socket {path} never accepted") from None
+                time.sleep(QMP_POLL_S)
+        self.sock.settimeout(timeout)
+        self.rfile = self.sock.makefile("rb")
+        self._line()                                        # the greeting
+        self.execute("qmp_capabilities")
+
+    def _line(self) -> dict:
+        raw = self.rfile.readline()
+        if not raw:
+            raise RuntimeError("QMP connection closed")
+        return json.loads(raw)
+
+    def execute(self, command: str, **arguments) -> object:
+        msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._line()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise RuntimeError(f"QMP {command}: {reply['error']}")
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()

@@ -41,16 +41,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -76,15 +72,13 @@ from volt_spec.vmm import main as vmm_main  # noqa: E402
 from volt_spec.vmm.config import VmConfig  # noqa: E402
 from volt_spec.vmm.machine import Machine  # noqa: E402
 
-from common import spawn_until  # noqa: E402
+from common import SPAWN_TIMEOUT_S, Console, Qmp, QMP_POLL_S, median, ms, spawn_until, stats  # noqa: E402
 
 TICK_CMDLINE = "volt.ticks=0 volt.tick_ms=10"
 MEM_WORKLOAD_MIB = 64
 MEM_CMDLINE = f"{TICK_CMDLINE} volt.mem={MEM_WORKLOAD_MIB}"
 TICK_LINE = re.compile(rb"^tick \d+ ", re.M)
 MEM_OK_LINE = re.compile(r"^mem-ok [0-9a-f]{16}")
-SPAWN_TIMEOUT_S = 60.0
-QMP_POLL_S = 0.001
 QEMU_MAX_BANDWIDTH = 1 << 40     # bytes/s: lifts QEMU's default 128 MiB/s migration throttle
 
 # The ioctl wrappers whose time is "unavoidable" for a restore (class, method).
@@ -100,21 +94,6 @@ UNAVOIDABLE_IOCTLS: tuple[tuple[type, str], ...] = (
 
 
 # -- small helpers ------------------------------------------------------------------------------
-
-def ms(seconds: float) -> float:
-    return seconds * 1000.0
-
-
-def stats(samples: list[float]) -> list[str]:
-    """min / median / max, formatted."""
-    if not samples:
-        return ["-", "-", "-"]
-    return [f"{min(samples):.2f}", f"{statistics.median(samples):.2f}", f"{max(samples):.2f}"]
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
-
 
 class IoctlClock:
     """Times every call of the unavoidable KVM ioctl wrappers while active (any thread)."""
@@ -306,54 +285,6 @@ def spawn_to_tick(cmd: list[str], after_spawn: Callable[[subprocess.Popen], None
     return spawn_until(cmd, TICK_LINE, timeout, after_spawn)[0]
 
 
-class Console:
-    """A long-lived process whose stdout lines are collected by a thread (the pipe never fills)."""
-
-    def __init__(self, cmd: list[str], log: Path) -> None:
-        self.err = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL)
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.eof = False
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for raw in self.proc.stdout:
-            with self.cond:
-                self.lines.append(raw.decode(errors="replace").rstrip("\r\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = SPAWN_TIMEOUT_S) -> str:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if rx.search(line):
-                        return line
-                remaining = deadline - time.monotonic()
-                if self.eof or remaining <= 0:
-                    raise RuntimeError(f"no line matching {pattern!r}; last lines: {self.lines[-5:]}")
-                self.cond.wait(remaining)
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self.thread.join(5)
-        self.proc.stdout.close()
-        self.err.close()
-
-    def __enter__(self) -> "Console":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 # -- 2-4. volt-vmm snapshots, restores and cold boots -------------------------------------------
 
 def volt_snapshots(guest: str, work: Path, size: int, cmdline: str, runs: int) -> tuple[str, list[float], list[float], int]:
@@ -394,47 +325,6 @@ def volt_cold_boots(guest: str, size: int, runs: int) -> list[float]:
 
 
 # -- 5. QEMU ------------------------------------------------------------------------------------
-
-class Qmp:
-    """A minimal QMP client: one JSON object per line, events skipped."""
-
-    def __init__(self, path: str, timeout: float = SPAWN_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"QMP socket {path} never accepted") from None
-                time.sleep(QMP_POLL_S)
-        self.sock.settimeout(timeout)
-        self.rfile = self.sock.makefile("rb")
-        self._line()                                        # the greeting
-        self.execute("qmp_capabilities")
-
-    def _line(self) -> dict:
-        raw = self.rfile.readline()
-        if not raw:
-            raise RuntimeError("QMP connection closed")
-        return json.loads(raw)
-
-    def execute(self, command: str, **arguments) -> object:
-        msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            reply = self._line()
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise RuntimeError(f"QMP {command}: {reply['error']}")
-
-    def close(self) -> None:
-        self.rfile.close()
-        self.sock.close()
-
 
 def qemu_command(qemu: str, guest: str, size: int, sock: str) -> list[str]:
     return [qemu, "-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", f"{size}M",

@@ -24,3 +24,23 @@ def memory():
     mem = GuestMemory.anonymous([(0, 16 << 20)])
     yield mem
     mem.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked for one KVM kind run only in that kind's lane: deselected here, with a note."""
+    from volt_spec.kvm.flavour import PVM, kvm_flavour
+    flavour = kvm_flavour()
+    other = "hw_only" if flavour == PVM else "pvm_only"
+    away = [item for item in items if item.get_closest_marker(other)]
+    if away:
+        config.hook.pytest_deselected(items=away)
+        items[:] = [item for item in items if not item.get_closest_marker(other)]
+        lane = "the hardware-KVM lane (make test-hw)" if other == "hw_only" else "make test on a PVM host"
+        config._volt_lane_note = (f"{len(away)} {other} tests deselected on this {flavour} KVM host; "
+                                  f"they run in {lane}: " + ", ".join(i.nodeid for i in away))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    note = getattr(config, "_volt_lane_note", None)
+    if note:
+        terminalreporter.write_line(note)

@@ -14,13 +14,16 @@ def _ip(*args: str) -> None:
 
 
 @contextmanager
-def tap_namespace(tap: str = "vt0"):
-    """Yields (namespace, tap) with the tap up and PEER/24 on it, inside a fresh netns."""
+def tap_namespace(tap: str = "vt0", mac: str | None = None):
+    """Yields (namespace, tap) with the tap up and PEER/24 on it, inside a fresh netns. Clones of
+    one snapshot remember their peer's MAC: give each clone's tap the same `mac`."""
     ns = f"volt-test-{os.getpid()}-{tap}"
     _ip("netns", "add", ns)
     try:
         _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
         _ip("netns", "exec", ns, "ip", "tuntap", "add", "dev", tap, "mode", "tap")
+        if mac:
+            _ip("netns", "exec", ns, "ip", "link", "set", "dev", tap, "address", mac)
         _ip("netns", "exec", ns, "ip", "addr", "add", f"{PEER}/24", "dev", tap)
         _ip("netns", "exec", ns, "ip", "link", "set", tap, "up")
         yield ns, tap

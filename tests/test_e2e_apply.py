@@ -8,7 +8,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from .voltcli import spec_text, write
+
+pytestmark = pytest.mark.hwlane
 
 
 def test_apply_is_idempotent_and_replaces_on_memory_change(volt, tmp_path):

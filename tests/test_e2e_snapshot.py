@@ -10,7 +10,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from .voltcli import spec_text, write
+
+pytestmark = pytest.mark.hwlane
 
 
 def first_tick(log: str) -> int:
@@ -43,7 +47,8 @@ def test_corrupt_latest_snapshot_falls_back_to_cold_boot_with_a_warning(volt, tm
     spec = write(tmp_path / "f.yaml", spec_text("f"))
     volt("apply", spec)
     volt.wait_log("f", "VOLT-READY")
-    volt("snapshot", "f", "--name", "s1")
+    snap = json.loads(volt("snapshot", "f", "--name", "s1", "-o", "json").stdout)
+    assert snap["id"] == "s1" and snap["path"].endswith("/snapshots/f/s1") and snap["paused_ms"] > 0
     volt("delete", "f")
     state = volt.home / "snapshots" / "f" / "s1" / "state.json"
     raw = bytearray(state.read_bytes())

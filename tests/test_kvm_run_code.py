@@ -17,6 +17,8 @@ from volt_spec.kvm.vm import Vm
 
 from .kvm_required import require_kvm
 
+pytestmark = pytest.mark.hwlane
+
 CODE = bytes([
     0xBA, 0xF8, 0x03,              # mov dx, 0x3f8
     0xB0, 0x41,                    # mov al, 'A'

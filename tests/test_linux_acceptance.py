@@ -22,7 +22,7 @@ from .netns import tap_namespace
 from .test_virtio_e2e import NsVmm
 from .vmm_process import VmmProcess
 
-pytestmark = pytest.mark.linux
+pytestmark = [pytest.mark.linux, pytest.mark.hwlane]
 
 
 @pytest.fixture(scope="module")

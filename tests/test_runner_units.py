@@ -45,3 +45,10 @@ def test_atomic_write_replaces_whole_files(tmp_path):
 
 def test_ages_read_like_kubectl():
     assert [_age(x) for x in (None, 5, 65, 3700, 90000)] == ["-", "5s", "1m05s", "1h01m", "1d01h"]
+
+
+def test_root_disk_puts_root_on_the_command_line():
+    from volt_spec.runner.apply import root_words
+    assert root_words([]) == ""
+    assert root_words([{"name": "a"}, {"name": "b", "root": True, "readOnly": True}]) == "root=/dev/vdb ro"
+    assert root_words([{"name": "r", "root": True}]) == "root=/dev/vda rw"

@@ -15,6 +15,8 @@ from .kvm_required import require_kvm
 from .netns import tap_namespace
 from .vmm_process import VmmProcess, run_vmm
 
+pytestmark = pytest.mark.hwlane
+
 VMM = [sys.executable, "-m", "volt_spec.vmm.main"]
 
 

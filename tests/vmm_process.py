@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from .timing import scaled
+
 
 class VmmProcess:
     """A running volt-vmm whose stdout is read line by line as the guest prints."""
@@ -35,10 +37,19 @@ class VmmProcess:
         self.lines += [c.decode(errors="replace").rstrip("\r") for c in complete]
         return True
 
+    def drain(self) -> str:
+        """Read everything already in the pipe (call it with the VM paused: all it printed is
+        there); returns the partial last line, if any (the guest was paused mid-line)."""
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0)
+            if not ready or not self._read_some(0):
+                return self._buf.decode(errors="replace")
+
     def wait_for(self, pattern: str, timeout: float = 30.0, accept=None) -> re.Match:
         """The first console line matching `pattern` (regex) that `accept(match)` (if given) takes;
         fails with the console and stderr on timeout or when the VMM exits first."""
         rx = re.compile(pattern)
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
@@ -71,7 +82,8 @@ class VmmProcess:
     def wait_api(self, sock: str, timeout: float = 10.0):
         """An ApiClient once the VMM's API answers (it starts just after the vCPUs)."""
         from volt_spec.api.client import ApiClient
-        client = ApiClient(sock, timeout=60)
+        client = ApiClient(sock, timeout=scaled(60))
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while not client.ping():
             assert self.proc.poll() is None, "volt-vmm exited before its API came up"
@@ -81,7 +93,7 @@ class VmmProcess:
 
     def finish(self, timeout: float = 30.0) -> tuple[int, str]:
         """Wait for exit: (exit code, stderr). Drains stdout into `lines`."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while self._read_some(max(0.0, min(1.0, deadline - time.monotonic()))):
             if time.monotonic() > deadline:
                 self.kill()

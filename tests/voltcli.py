@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .timing import scaled
+
 SPEC = """apiVersion: volt/v1
 kind: VirtualMachine
 metadata:
@@ -30,13 +32,17 @@ def spec_text(name: str, cmdline: str = "volt.ticks=0 volt.tick_ms=200", vcpus: 
 
 
 class Volt:
-    def __init__(self, home: Path) -> None:
+    """`prefix` runs every command under another (e.g. `ip netns exec NS`): VMs started by
+    apply then live in that network namespace, beside their taps."""
+
+    def __init__(self, home: Path, prefix: list[str] = ()) -> None:
         self.home = home
         self.env = dict(os.environ, VOLT_HOME=str(home))
+        self.prefix = list(prefix)
 
     def __call__(self, *args: str, check: int | None = 0, timeout: float = 120) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "volt_spec", *args], env=self.env, text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run([*self.prefix, sys.executable, "-m", "volt_spec", *args], env=self.env, text=True,
+                              capture_output=True, timeout=scaled(timeout), stdin=subprocess.DEVNULL)
         assert "Traceback" not in proc.stderr, proc.stderr
         if check is not None:
             assert proc.returncode == check, (f"volt {' '.join(args)} exited {proc.returncode}\n"
@@ -52,9 +58,15 @@ class Volt:
         assert len(rows) == 1
         return rows[0]
 
+    def log(self, name: str) -> str:
+        """The VM's console log so far ('' before it exists)."""
+        log = self.home / "vms" / name / "console.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
     def wait_log(self, name: str, marker: str, timeout: float = 30.0) -> str:
         """Wait until the VM's console log holds `marker` (the log file is the guest's output)."""
         log = self.home / "vms" / name / "console.log"
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace") if log.exists() else ""
@@ -65,7 +77,7 @@ class Volt:
                              + (log.read_text(errors='replace')[-2000:] if log.exists() else "(no log)"))
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             row = self.state(name)
             if row["state"] == state or time.monotonic() > deadline:

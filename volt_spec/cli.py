@@ -301,14 +301,18 @@ def _with_write_progress(vm_dir, work):
 
 @app.command("snapshot")
 def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file that declares it."),
-             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>).")) -> None:
+             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>)."),
+             output: str = typer.Option("text", "-o", "--output", help="text or json.")) -> None:
     """Take a point-in-time snapshot of a running VM (memory and all device state).
 
     The guest is paused only while its state and memory are copied; the command
     returns once the snapshot is complete on disk. Prints its id, size on disk and
-    how long the guest was paused.
+    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms).
     Example: volt snapshot hello --name warm
     """
+    if output not in ("text", "json"):
+        _err(f"-o must be text or json, not {output!r}")
+        raise typer.Exit(rc.USAGE)
     from .runner.home import VmDir
     from .runner.snapshots import SnapshotCommandError, take
     vm_name = _vm_name(target)
@@ -322,6 +326,9 @@ def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file 
     except SnapshotCommandError as e:
         _err(str(e))
         raise typer.Exit(rc.FAILED)
+    if output == "json":
+        typer.echo(json.dumps(result, indent=2))
+        return
     typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on disk "
                f"({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused {result['paused_ms']:.1f} ms")
 

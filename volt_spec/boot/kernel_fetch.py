@@ -23,6 +23,12 @@ from volt_spec.boot.bzimage import extract_vmlinux
 from volt_spec.fsutil import atomic_copy, atomic_write
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
+# Debian kernel flavours we fetch: the cloud kernel boots in our VMs (small, virtio as modules);
+# the generic kernel is the hardware-KVM lane's L1 (it has 9p, overlayfs and kvm-amd as modules).
+FLAVOURS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+_FLAVOUR_RE = {"cloud": re.compile(r"^\d+\.\d+\.\d+-\d+-cloud-amd64$"),
+               "generic": re.compile(r"^\d+\.\d+\.\d+-\d+-amd64$")}
+_MODINFO_DEPENDS_RE = re.compile(rb"(?:^|\0)depends=([^\0]*)\0")
 BUSYBOX_PACKAGE = "busybox-static"
 BUSYBOX_MEMBER = "bin/busybox"
 CACHE_ENV = "VOLT_CACHE"
@@ -113,48 +119,95 @@ def _fetch_member(package: str, member_glob: str, dest: Path, mode: int) -> Path
     return dest
 
 
-def fetch_kernel_modules(names: list[str], cache_dir: Path | None = None) -> list[Path]:
+def fetch_kernel_modules(names: list[str], cache_dir: Path | None = None, flavour: str = "cloud",
+                         with_deps: bool = False) -> list[Path]:
     """The cached kernel's modules `names` (e.g. virtio_mmio), unpacked from its Debian package.
 
-    Returned in the order given (callers list dependencies first). Cached in modules-<version>/.
+    Returned in the order given (callers list dependencies first), or with `with_deps` as the
+    closure over each module's `depends=` in load order. Cached in modules-<version>/.
     """
-    vmlinuz = fetch_debian_kernel(cache_dir)
+    vmlinuz = fetch_debian_kernel(cache_dir, flavour=flavour)
     version = vmlinuz.name.removeprefix("vmlinuz-")
     folder = vmlinuz.with_name(f"modules-{version}")
-    wanted = [folder / f"{n}.ko" for n in names]
-    if all(p.is_file() for p in wanted):
-        return wanted
+    index = folder / ("load-order-" + "+".join(names))      # with_deps: the closure found before
+    listed = (index.read_text().split() if index.is_file() else None) if with_deps else names
+    if listed is not None and all((folder / f"{n}.ko").is_file() for n in listed):
+        return [folder / f"{n}.ko" for n in listed]
     with _unpacked(f"linux-image-{version}", folder.parent) as (deb, root):
-        for name, dest in zip(names, wanted):
-            found = sorted((root / "lib" / "modules").glob(f"*/kernel/**/{name}.ko*"))
-            if not found:
-                raise KernelFetchError(f"{deb} has no module {name}")
-            data = found[0].read_bytes()
-            if found[0].suffix == ".xz":
-                import lzma
-                data = lzma.decompress(data)
-            elif found[0].suffix == ".zst":
-                raise KernelFetchError(f"module {name} is zstd-compressed; install python zstandard")
-            atomic_write(dest, data)
-    return wanted
+        found = {_module_name(p): p for p in (root / "lib" / "modules").glob("*/kernel/**/*.ko*")}
+        chosen = _load_order(names, found, deb) if with_deps else [_known(n, found, deb) for n in names]
+        files = [folder / (found[key].name.split(".ko")[0] + ".ko") for key in chosen]
+        for key, dest in zip(chosen, files):
+            atomic_write(dest, _module_bytes(found[key]))
+    if with_deps:
+        atomic_write(index, " ".join(f.stem for f in files))
+    return files
+
+
+def _known(name: str, found: dict[str, Path], deb: str) -> str:
+    key = name.replace("-", "_")
+    if key not in found:
+        raise KernelFetchError(f"{deb} has no module {name}")
+    return key
+
+
+def _module_name(path: Path) -> str:
+    """A module's name as `depends=` spells it: file name without .ko*, dashes as underscores."""
+    return path.name.split(".ko")[0].replace("-", "_")
+
+
+def _module_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        import lzma
+        data = lzma.decompress(data)
+    elif path.suffix == ".zst":
+        raise KernelFetchError(f"module {path.name} is zstd-compressed; install python zstandard")
+    return data
+
+
+def _load_order(names: list[str], found: dict[str, Path], deb: str) -> list[str]:
+    """`names` and everything they depend on, each after its dependencies."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        key = name.replace("-", "_")
+        if key in order:
+            return
+        if key not in found:
+            raise KernelFetchError(f"{deb} has no module {name}" + (f" (needed by {path[-1]})" if path else ""))
+        if key in path:
+            raise KernelFetchError(f"module dependency cycle: {' -> '.join(path + (key,))}")
+        match = _MODINFO_DEPENDS_RE.search(_module_bytes(found[key]))
+        for dep in (match.group(1).decode().split(",") if match else []):
+            if dep:
+                visit(dep, path + (key,))
+        order.append(key)
+
+    for n in names:
+        visit(n, ())
+    return order
 
 
 def _newest(paths: list[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def fetch_debian_kernel(cache_dir: Path | None = None, refresh: bool = False) -> Path:
-    """Path to a cached Debian cloud `vmlinuz-<ver>-cloud-amd64`, downloading it if needed.
+def fetch_debian_kernel(cache_dir: Path | None = None, refresh: bool = False, flavour: str = "cloud") -> Path:
+    """Path to a cached Debian `vmlinuz-<ver>-cloud-amd64` (or `-amd64`, flavour "generic"),
+    downloading it if needed.
 
     A cached kernel is reused without asking apt (apt-cache takes ~1 s);
     `refresh=True` resolves the metapackage again and fetches a newer one.
     """
     cache = cache_dir or default_cache_dir()
-    cached = _newest([p for p in cache.glob("vmlinuz-*-cloud-amd64") if p.is_file()])
+    ours = _FLAVOUR_RE[flavour]
+    cached = _newest([p for p in cache.glob("vmlinuz-*")
+                      if ours.match(p.name.removeprefix("vmlinuz-")) and p.is_file()])
     if cached and not refresh:
         return cached
     try:
-        package = resolve_kernel_package()
+        package = resolve_kernel_package(FLAVOURS[flavour])
     except KernelFetchError:
         if cached:
             return cached                    # offline: the cached kernel will do
@@ -193,6 +246,18 @@ def vmlinux_path(cache_dir: Path | None = None) -> Path:
     return dest
 
 
+def lay_out_linux_example(d: Path, cache_dir: Path | None = None, refresh: bool = False) -> Path:
+    """What examples/vms/linux.yaml names: vmlinuz, the workload initrd.gz, root.img and data.img."""
+    from .initramfs import VIRTIO_MODULES, build_workload_initramfs, make_data_disk, make_root_disk
+    d.mkdir(parents=True, exist_ok=True)
+    busybox = fetch_busybox(cache_dir)
+    atomic_copy(fetch_debian_kernel(cache_dir, refresh), d / "vmlinuz")
+    build_workload_initramfs(busybox, d / "initrd.gz", fetch_kernel_modules(VIRTIO_MODULES, cache_dir))
+    make_root_disk(busybox, d / "root.img")
+    make_data_disk(d / "data.img")
+    return d
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -201,18 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vmlinux", action="store_true", help="also extract and print the ELF vmlinux")
     parser.add_argument("--example-dir", type=Path, default=None,
                         help="also lay out what examples/vms/linux.yaml needs in this directory: vmlinuz, "
-                             "initrd.gz (busybox + virtio modules + /init) and an ext4 disk.img")
+                             "initrd.gz (busybox + virtio modules + /init), an ext4 root.img "
+                             "(busybox + /sbin/volt-init) and an empty ext4 data.img")
     args = parser.parse_args(argv)
     try:
         if args.example_dir:
-            from .initramfs import VIRTIO_MODULES, build_initramfs, make_ext4_disk
-            d = args.example_dir
-            d.mkdir(parents=True, exist_ok=True)
-            atomic_copy(fetch_debian_kernel(args.cache_dir, args.refresh), d / "vmlinuz")
-            build_initramfs(fetch_busybox(args.cache_dir), d / "initrd.gz",
-                            fetch_kernel_modules(VIRTIO_MODULES, args.cache_dir))
-            make_ext4_disk(d / "disk.img")
-            print(f"example files in {d}: vmlinuz, initrd.gz, disk.img")
+            lay_out_linux_example(args.example_dir, args.cache_dir, args.refresh)
+            print(f"example files in {args.example_dir}: vmlinuz, initrd.gz, root.img, data.img")
         print(f"kernel:  {fetch_debian_kernel(args.cache_dir, args.refresh)}")
         if args.vmlinux:
             print(f"vmlinux: {vmlinux_path(args.cache_dir)}")

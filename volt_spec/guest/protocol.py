@@ -30,8 +30,9 @@ _WORDS_PER_SECTOR = SECTOR_SIZE // 8
 _SECTOR_STRUCT = struct.Struct(f"<{_WORDS_PER_SECTOR}Q")
 
 READY_RE = re.compile(r"^VOLT-READY uptime_ms=(\d+) cpus=(\d+) mem_mib=(\d+)$")
-CPU_UP_RE = re.compile(r"^cpu (\d+) up$")
-TICK_RE = re.compile(r"^tick (\d+) clock_ms=(\d+)$")
+CPU_UP_RE = re.compile(r"^cpu (\d+) up cpuid_apic=(\d+)$")
+USER_CPUID_RE = re.compile(r"^user-cpuid apic=(\d+)$")
+TICK_RE = re.compile(r"^tick (\d+) clock_ms=(\d+) tsc_ms=(\d+)$")
 MEM_OK_RE = re.compile(r"^mem-ok ([0-9a-f]{16})$")
 MEM_CORRUPT_RE = re.compile(r"^mem-CORRUPT ([0-9a-f]{16})$")
 MEM_ERROR_PREFIX = "mem-ERROR "     # volt.mem did not fit in RAM above 16 MiB: no workload

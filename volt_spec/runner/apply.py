@@ -48,10 +48,19 @@ def resolve(spec) -> dict:
         from ..guest.build import build_guest
         kernel = str(build_guest())
     devices = spec.devices or {}
-    return {"kernel": kernel, "initrd": spec.initrd, "cmdline": spec.cmdline, "boot": spec.boot,
+    cmdline = " ".join(filter(None, [spec.cmdline, root_words(devices.get("disks", []))]))
+    return {"kernel": kernel, "initrd": spec.initrd, "cmdline": cmdline, "boot": spec.boot,
             "memory_mib": spec.memory_mib, "vcpus": spec.vcpus, "serial_log": spec.serial_log,
             "disks": devices.get("disks", []), "network": devices.get("network", []),
             "virtio_announce": devices.get("virtioAnnounce", "acpi")}
+
+
+def root_words(disks: list[dict]) -> str:
+    """`root=/dev/vdX ro|rw` for the disk marked root: the n-th disk is Linux's /dev/vd<a+n>."""
+    for i, disk in enumerate(disks):
+        if disk.get("root"):
+            return f"root=/dev/vd{chr(ord('a') + i)} {'ro' if disk.get('readOnly') else 'rw'}"
+    return ""
 
 
 def file_sha256(path: str) -> str | None:

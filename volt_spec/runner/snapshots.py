@@ -73,6 +73,7 @@ def find(home: Path, snap_id: str) -> Path | None:
 def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dict:
     """Snapshot a running VM through its API; the result names the id, size and pause."""
     from ..api.client import ApiClient, ApiError, ApiUnavailable
+    from .vmctl import SNAPSHOT_TIMEOUT_S
     applied = vm_dir.read_applied() or {}
     snap_id = name or new_id(vm_dir.name)
     if not ID_RE.match(snap_id):
@@ -84,7 +85,7 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dic
     meta = {"id": snap_id, "vm": vm_dir.name, "trigger": trigger,
             "machine_hash": applied.get("machine_hash"), "spec": applied.get("document")}
     try:
-        return ApiClient(str(vm_dir.api_sock), timeout=600).put(
+        return ApiClient(str(vm_dir.api_sock), timeout=SNAPSHOT_TIMEOUT_S).put(
             "/snapshot/create", {"snapshot_path": str(dest), "meta": meta}) or {}
     except ApiUnavailable as e:
         raise SnapshotCommandError(f"vm/{vm_dir.name} is not running ({e.reason})") from None

@@ -14,6 +14,7 @@ from .procs import is_alive, kill
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
+SNAPSHOT_TIMEOUT_S = 600.0      # a stop trigger snapshots before the VMM answers Ctrl-Alt-Del
 
 
 class VmStartError(RuntimeError):
@@ -103,8 +104,11 @@ def stop(vm_dir: VmDir, timeout: float = STOP_TIMEOUT_S) -> str:
     from .home import write_json
     pid, ticks = inst["vmm_pid"], inst.get("vmm_start")
     write_json(vm_dir.instance, dict(inst, stop_requested=True))
+    applied = vm_dir.read_applied() or {}
+    triggers = (applied.get("snapshots") or {}).get("triggers") or []
+    answer_within = SNAPSHOT_TIMEOUT_S if any(t.get("trigger") == "stop" for t in triggers) else 2.0
     try:
-        ApiClient(str(vm_dir.api_sock), timeout=2.0).put("/actions", {"action_type": "SendCtrlAltDel"})
+        ApiClient(str(vm_dir.api_sock), timeout=answer_within).put("/actions", {"action_type": "SendCtrlAltDel"})
     except (ApiUnavailable, ApiError):
         kill(pid, ticks, signal.SIGTERM)
     if wait_gone(pid, ticks, timeout):

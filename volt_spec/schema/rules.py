@@ -146,6 +146,10 @@ def _disks(doc: Document) -> list[SpecError]:
             if roots == 2:
                 out.append(_err(doc, ("spec", "devices", "disks", i, "root"),
                                 "only one disk may be the root disk"))
+            cmdline = get(doc.data, "spec", "kernel", "cmdline")
+            if roots == 1 and isinstance(cmdline, str) and any(w.startswith("root=") for w in cmdline.split()):
+                out.append(_err(doc, ("spec", "devices", "disks", i, "root"),
+                                "this disk is the root disk, so the kernel cmdline must not set root= itself"))
         path = disk.get("path")
         if not _usable(path):
             continue

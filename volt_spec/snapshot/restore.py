@@ -13,7 +13,7 @@ from ..kvm.flavour import cpu_identity, kvm_flavour
 from .format import MEMORY_FILE, SnapshotError, parse, read_raw, verify
 from .memory_file import MemoryFileError, map_memory
 from .vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
-from .vm_state import restore_vm
+from .vm_state import elapsed_ns, restore_vm
 
 
 def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> None:
@@ -72,9 +72,10 @@ def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int
         machine.wait_memory()
         # Guest RAM registered: MSRs (kvmclock, async PF point into it) and events, then the
         # VM-wide irqchip, PIT and clock.
+        advance = elapsed_ns(state["vm"], clock_mode)
         for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
-            refused += restore_vcpu_msrs_and_events(vcpu, vstate)
-        restore_vm(machine.vm, state["vm"], clock_mode)
+            refused += restore_vcpu_msrs_and_events(vcpu, vstate, advance)
+        restore_vm(machine.vm, state["vm"], advance)
     except VcpuStateError as e:
         raise SnapshotError(str(e)) from None
     except (OSError, KeyError, ValueError) as e:

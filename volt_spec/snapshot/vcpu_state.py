@@ -5,8 +5,19 @@ Ordering requirements (see shared notes on KVM):
            MP_STATE first (it can flush pending APIC events), VCPU_EVENTS last.
   restore: CPUID2, MP_STATE, SREGS (sets APIC base / x2APIC mode), REGS, XSAVE, XCRS,
            DEBUGREGS, LAPIC *before* MSRS (else the TSC-deadline MSR reads back 0 and a
-           halted guest never wakes), VCPU_EVENTS last.
+           halted guest never wakes), VCPU_EVENTS last. Within MSRS, IA32_TSC comes before
+           IA32_TSC_DEADLINE (KVM's index list has that order): KVM arms the deadline timer
+           against the guest TSC as it is when the deadline is written.
 KVM_GET_FPU lacks AVX state, so the FPU travels inside XSAVE.
+
+The guest TSC (hardware KVM; on PVM it is always the host's and writes change nothing):
+KVM treats a host write of IA32_TSC that lands within one second of the last write
+(projected forward in time) as a wish to *synchronise* vCPUs and keeps the old offset
+instead. A fresh vCPU was "written" 0 at creation, so a snapshot taken in the guest's first
+second would restart its TSC near 0: time runs backwards for a TSC clocksource, deadlines
+fire a second late. So the first vCPU's TSC is first written two seconds past its target
+(never "synchronising"), then the target (two seconds off: exact); the other vCPUs' targets
+then fall within a second of it and KVM gives them the same offset: their TSCs agree.
 """
 
 from __future__ import annotations
@@ -78,10 +89,14 @@ def pack_cpuid(cpuid: ctypes.Structure) -> str:
     return pack(used)
 
 
-def restore_vcpu(vcpu: Vcpu, state: dict) -> list[int]:
+MSR_IA32_TSC = 0x10
+TSC_UNSYNC_S = 2            # > KVM's one-second "synchronise" window
+
+
+def restore_vcpu(vcpu: Vcpu, state: dict, tsc_advance_ns: int = 0) -> list[int]:
     """Put a saved state into a fresh vCPU, in the order above; returns refused MSR indices."""
     restore_vcpu_registers(vcpu, state)
-    return restore_vcpu_msrs_and_events(vcpu, state)
+    return restore_vcpu_msrs_and_events(vcpu, state, tsc_advance_ns)
 
 
 def restore_vcpu_registers(vcpu: Vcpu, state: dict) -> None:
@@ -111,14 +126,34 @@ def restore_vcpu_registers(vcpu: Vcpu, state: dict) -> None:
         raise VcpuStateError(f"restoring vcpu {vcpu.index} ({step}): {e}") from e
 
 
-def restore_vcpu_msrs_and_events(vcpu: Vcpu, state: dict) -> list[int]:
+def restore_vcpu_msrs_and_events(vcpu: Vcpu, state: dict, tsc_advance_ns: int = 0) -> list[int]:
     """MSRS (after LAPIC; kvmclock and async-PF MSRs name guest RAM, so after it is registered),
-    then VCPU_EVENTS last. Returns the MSR indices KVM refused."""
+    then VCPU_EVENTS last. The guest TSC moves on by `tsc_advance_ns` (clock: realtime).
+    Returns the MSR indices KVM refused."""
     step = "msrs"
     try:
-        refused = restore_msrs(vcpu, state["msrs"])
+        msrs = tsc_advanced(vcpu, state["msrs"], tsc_advance_ns)
+        if vcpu.index == 0:
+            unsync_tsc(vcpu, msrs)
+        refused = restore_msrs(vcpu, msrs)
         step = "vcpu_events"
         vcpu.set_vcpu_events(unpack_into(s.KvmVcpuEvents, state["vcpu_events"]))
         return refused
     except (OSError, ValueError, KeyError) as e:
         raise VcpuStateError(f"restoring vcpu {vcpu.index} ({step}): {e}") from e
+
+
+def tsc_advanced(vcpu: Vcpu, msrs: list[list[int]], advance_ns: int) -> list[list[int]]:
+    """The saved MSRs with IA32_TSC moved on by `advance_ns` at this vCPU's TSC rate."""
+    if advance_ns <= 0:
+        return msrs
+    khz = vcpu.get_tsc_khz()
+    return [[i, v + advance_ns * khz // 1_000_000 if int(i) == MSR_IA32_TSC else v] for i, v in msrs]
+
+
+def unsync_tsc(vcpu: Vcpu, msrs: list[list[int]]) -> None:
+    """Write IA32_TSC two seconds past its target, so the target write that follows is exact
+    (see the module docstring: KVM's one-second synchronisation window)."""
+    target = next((int(v) for i, v in msrs if int(i) == MSR_IA32_TSC), None)
+    if target is not None:
+        vcpu.set_msrs([(MSR_IA32_TSC, target + TSC_UNSYNC_S * vcpu.get_tsc_khz() * 1000)])

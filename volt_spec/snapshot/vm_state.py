@@ -2,12 +2,16 @@
 
 Restore after every vCPU (their LAPICs must exist first): IRQCHIP (PIC master,
 PIC slave, IOAPIC), then PIT2, then CLOCK. Clock modes: "continue" sets the saved
-kvmclock value with flags 0, so the guest does not see the downtime; "realtime"
-hands KVM the saved realtime too (KVM_CLOCK_REALTIME), so the clock advances by
-the host time that passed.
+kvmclock value, so the guest does not see the downtime; "realtime" advances it (and,
+in vcpu_state, the guest TSC) by the wall-clock time since the capture (`saved_at_ns`,
+taken with the state), so the guest's clocks show the time that passed. We add it
+ourselves instead of handing KVM the saved realtime (KVM_CLOCK_REALTIME): KVM offers
+that only when the host's clocksource is the TSC, and the TSC must move with kvmclock.
 """
 
 from __future__ import annotations
+
+import time
 
 from ..kvm import structs as s
 from ..kvm.vm import KVM_CLOCK_REALTIME, Vm
@@ -22,18 +26,29 @@ def save_vm(vm: Vm) -> dict:
     state["pit2"] = pack(vm.get_pit2())
     clock = vm.get_clock()
     state["clock"] = {"clock": clock.clock, "flags": clock.flags, "realtime": clock.realtime,
-                      "host_tsc": clock.host_tsc}
+                      "host_tsc": clock.host_tsc, "saved_at_ns": time.time_ns()}
     return state
 
 
-def restore_vm(vm: Vm, state: dict, clock_mode: str = "continue") -> None:
+def elapsed_ns(state: dict, clock_mode: str) -> int:
+    """How far the guest's clocks move on at restore: 0 for "continue", the wall-clock time
+    since the capture for "realtime" (0 for a snapshot that did not record its capture
+    time and whose host could not give KVM's realtime, or a clock that went backwards)."""
+    if clock_mode != "realtime":
+        return 0
+    saved = state["clock"]
+    if "saved_at_ns" in saved:
+        return max(0, time.time_ns() - int(saved["saved_at_ns"]))
+    if int(saved["flags"]) & KVM_CLOCK_REALTIME:
+        return max(0, time.time_ns() - int(saved["realtime"]))
+    return 0
+
+
+def restore_vm(vm: Vm, state: dict, advance_ns: int = 0) -> None:
+    """IRQCHIP, PIT2, then CLOCK: the saved kvmclock moved on by `advance_ns` (see elapsed_ns)."""
     for name, _chip in CHIPS:
         vm.set_irqchip(unpack_into(s.KvmIrqchip, state[name]))
     vm.set_pit2(unpack_into(s.KvmPitState2, state["pit2"]))
-    saved = state["clock"]
     clock = s.KvmClockData()
-    clock.clock = int(saved["clock"])
-    if clock_mode == "realtime" and int(saved["flags"]) & KVM_CLOCK_REALTIME:
-        clock.flags = KVM_CLOCK_REALTIME
-        clock.realtime = int(saved["realtime"])
+    clock.clock = int(state["clock"]["clock"]) + advance_ns
     vm.set_clock(clock)

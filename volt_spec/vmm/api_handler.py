@@ -50,7 +50,7 @@ class VmmApi:
     def set_state(self, state: str) -> None:
         try:
             if state == "Paused":
-                self.machine.pause()
+                self.machine.pause(keep=True)
             elif state == "Resumed":
                 self.machine.resume()
             else:
@@ -143,6 +143,10 @@ class ConfigApi:
             return 204, None
         raise ApiError(404, f"no route for {method} {path}")
 
+    def _policy(self) -> dict:
+        """The --policy this VMM was started with, for the VM it builds (started before its vCPUs)."""
+        return {"policy": self.opts["policy"]} if "policy" in self.opts else {}
+
     def _once(self) -> None:
         if self.started.is_set():
             raise ApiError(400, "the VM has already started")
@@ -158,9 +162,10 @@ class ConfigApi:
         opts = {"kernel": self.boot_source["kernel_image_path"],
                 "initrd": self.boot_source.get("initrd_path"),
                 "cmdline": self.boot_source.get("boot_args", ""),
-                "memory": self.machine_config["mem_size_mib"], "vcpus": self.machine_config["vcpu_count"]}
+                "memory": self.machine_config["mem_size_mib"], "vcpus": self.machine_config["vcpu_count"],
+                **self._policy()}
         try:
-            machine, protocol = boot(self.kvm, config_from(opts, self.kvm))
+            machine, protocol = boot(self.kvm, config_from(opts, self.kvm), opts)
         except (VmmConfigError, OSError, ValueError) as e:
             raise ApiError(400, str(e)) from None
         self.result = (machine, protocol, "cold")
@@ -172,11 +177,11 @@ class ConfigApi:
         from .main import restore
         clock = body.get("clock", "continue")
         try:
-            machine, protocol, booted_from = restore(self.kvm, body["snapshot_path"], clock)
-        except SnapshotError as e:
+            machine, protocol, booted_from = restore(self.kvm, body["snapshot_path"], clock, self._policy())
+        except (SnapshotError, ValueError) as e:          # ValueError: VirtioError, VmmConfigError
             raise ApiError(400, str(e)) from None
         if body.get("resume_vm") is False:
-            machine.pause()
+            machine.pause(keep=True)
         self.result = (machine, protocol, booted_from)
         self.started.set()
         return None

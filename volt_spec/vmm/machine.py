@@ -139,6 +139,7 @@ class Machine:
         self.state = NOT_STARTED
         self._state_lock = _thread.allocate_lock()
         self._pause_requested = False
+        self._hold: object | None = None
         self._parked = 0
         self._all_parked = Flag()
         self._resume = Flag()
@@ -296,32 +297,63 @@ class Machine:
         for vcpu in self.vcpus:
             self.threads.append(Worker(self._vcpu_loop, vcpu))
 
-    def pause(self) -> None:
-        """Stop every vCPU outside KVM_RUN, with any pending I/O exit completed. Idempotent."""
+    def pause(self, keep: bool = False) -> None:
+        """Stop every vCPU outside KVM_RUN, with any pending I/O exit completed. Idempotent.
+        `keep` (a user's pause) also turns a hold (see `hold`) into a plain pause."""
         with self._state_lock:
-            if self.state == PAUSED:
-                return
-            self._transition(PAUSED)
-            self._resume = Flag()
-            self._all_parked = Flag()
-            self._pause_requested = True
-            self.kick_all()
+            if keep:
+                self._hold = None
+            if self.state != PAUSED:
+                self._begin_pause()
             if not self._all_parked.wait(PAUSE_TIMEOUT_S):
-                self._pause_requested = False
-                self._resume.set()
-                self.state = RUNNING
+                self._hold = None
+                self._resume_locked()
                 raise RuntimeError(f"vCPUs did not pause within {PAUSE_TIMEOUT_S:g} s")
+
+    def hold(self) -> object | None:
+        """Pause without waiting, from anywhere, a vCPU thread in a device callback included:
+        the vCPUs park at their next exit (this one as soon as its callback returns), so a
+        snapshot taken next holds the guest exactly as it was here. Returns a token for
+        `release`, or None when the VM is not running or someone else is pausing it."""
+        if not self._state_lock.acquire(False):
+            return None
+        try:
+            if self.state != RUNNING:
+                return None
+            self._begin_pause()
+            self._hold = token = object()
+            return token
+        finally:
+            self._state_lock.release()
+
+    def release(self, token: object | None) -> None:
+        """End a hold: resume, unless a user paused the VM since (then it stays paused)."""
+        with self._state_lock:
+            if token is not None and self._hold is token:
+                self._hold = None
+                self._resume_locked()
+
+    def _begin_pause(self) -> None:
+        self._transition(PAUSED)
+        self._resume = Flag()
+        self._all_parked = Flag()
+        self._pause_requested = True
+        self.kick_all()
 
     def resume(self) -> None:
         """Let paused vCPUs run again. Idempotent."""
         with self._state_lock:
-            if self.state == RUNNING:
-                return
-            self._transition(RUNNING)
-            self._pause_requested = False
-            for vcpu in self.vcpus:
-                vcpu.set_immediate_exit(False)
-            self._resume.set()
+            self._hold = None
+            self._resume_locked()
+
+    def _resume_locked(self) -> None:
+        if self.state == RUNNING:
+            return
+        self._transition(RUNNING)
+        self._pause_requested = False
+        for vcpu in self.vcpus:
+            vcpu.set_immediate_exit(False)
+        self._resume.set()
 
     def _park(self, vcpu: Vcpu) -> None:
         """In a vCPU thread after an interrupted KVM_RUN: wait here while the VM is paused."""

@@ -204,11 +204,6 @@ def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> 
     """The VM runs: feed stdin to its UART, serve the API, wait for it to stop."""
     from .sync import Worker
     Worker(machine.pump_console_input, 0)
-    if "policy" in opts:
-        try:
-            start_policy(machine, opts["policy"], booted_from)
-        except (OSError, ValueError, KeyError) as e:
-            return fail(status.VMM_ERROR, f"--policy {opts['policy']}: {e}")
     if "api_sock" in opts and server is None:
         try:
             server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from)
@@ -223,11 +218,17 @@ def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> 
 
 
 def start_policy(machine, path: str, booted_from: str) -> None:
+    """The snapshot policy, watching the console before the first guest instruction (so a
+    `ready` marker is never printed before anyone looks)."""
     import json
+    from .config import VmmConfigError
     from .policy import PolicyEngine
-    with open(path) as f:
-        policy = json.load(f)
-    machine.policy = PolicyEngine(machine, policy, booted_from)
+    try:
+        with open(path) as f:
+            policy = json.load(f)
+        machine.policy = PolicyEngine(machine, policy, booted_from)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise VmmConfigError(f"--policy {path}: {getattr(e, 'strerror', None) or e}") from None
     machine.add_console_tap(machine.policy.on_console)
 
 
@@ -266,6 +267,8 @@ def boot(kvm, config, opts: dict | None = None):
         acpi = build_acpi_tables(config.vcpus, virtio=descs)
         plan = plan_boot(kernel, initrd, cmdline, config.memory_mib * layout.MiB, acpi.rsdp_addr, config.boot)
         machine.load(plan, acpi.blob, acpi.base)
+        if "policy" in opts:
+            start_policy(machine, opts["policy"], "cold")
     except BaseException:
         machine.close()
         raise
@@ -319,12 +322,14 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None =
         restore_into(machine, state, clock)
         if machine.virtio is not None:
             machine.virtio.restore(state["virtio"])
+        booted_from = f"snapshot {os.path.basename(os.path.normpath(snapshot_dir))}"
+        if "policy" in opts:
+            start_policy(machine, opts["policy"], booted_from)
     except BaseException:
         machine.close()
         raise
     launch(machine, restored=True)
-    snap_id = os.path.basename(os.path.normpath(snapshot_dir))
-    return machine, bootinfo.get("boot") or "snapshot", f"snapshot {snap_id}"
+    return machine, bootinfo.get("boot") or "snapshot", booted_from
 
 
 def serve_unconfigured(kvm, opts: dict) -> int:

@@ -11,7 +11,10 @@ this VM was restored from. A failing trigger logs one line on stderr, keeps the 
 running, leaves older snapshots alone, and is reported by GET /vm (`volt status`).
 
 Console lines reach `on_console` from a vCPU thread with the device lock held, so it
-only matches and queues; snapshots are taken by the policy's own worker thread.
+only matches, holds the guest (Machine.hold: the vCPUs park at their next exit, nothing
+waits) and queues; snapshots are taken by the policy's own worker thread, which then
+releases the hold. So a `ready` or `console` snapshot holds the guest exactly as it
+printed the line, however long the worker took to get there.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ class PolicyEngine:
         self.booted_from = booted_from
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
-        self.queue: list[str] = []
+        self.queue: list[tuple[str, object | None]] = []
         self.partial = b""
         self.ready_done = booted_from != "cold"     # a restored guest already was "ready"
         self.taken = 0
@@ -83,22 +86,29 @@ class PolicyEngine:
             line = raw.rstrip(b"\r")
             if self.ready_marker is not None and not self.ready_done and self.ready_marker in line:
                 self.ready_done = True
-                self._enqueue("ready")
+                self._enqueue("ready", self._hold())
             if self.console_res:
                 text = line.decode(errors="replace")
                 if any(rx.search(text) for rx in self.console_res):
-                    self._enqueue("console")
+                    self._enqueue("console", self._hold())
+
+    def _hold(self) -> object | None:
+        """Hold the guest at this line for the snapshot, unless there is nowhere to write it or
+        another snapshot is under way (the guest would wait for it)."""
+        if not self.dir or self.machine.snapshot_lock.locked():
+            return None
+        return self.machine.hold()
 
     def before_stop(self) -> None:
         """The guest is about to be asked to stop: take the `stop` snapshot now (synchronously)."""
         if any(t.get("trigger") == "stop" for t in self.triggers):
             self.snapshot("stop")
 
-    def _enqueue(self, trigger: str) -> None:
+    def _enqueue(self, trigger: str, hold: object | None = None) -> None:
         # Called with the device lock held: no waiting on self.lock for long (the worker
         # holds it only briefly), and the snapshot itself happens on the worker.
         with self.lock:
-            self.queue.append(trigger)
+            self.queue.append((trigger, hold))
             self.wake.notify()
 
     def _worker(self) -> None:
@@ -107,14 +117,17 @@ class PolicyEngine:
                 while not self.queue:
                     timeout = None if self.next_due is None else max(0.0, self.next_due - time.time())
                     if timeout == 0.0:
-                        self.queue.append("interval")
+                        self.queue.append(("interval", None))
                         self.next_due = time.time() + self.interval
                         break
                     self.wake.wait(timeout)
-                trigger = self.queue.pop(0)
+                trigger, hold = self.queue.pop(0)
             if self.machine.exit_event.is_set():
                 return
-            self.snapshot(trigger)
+            try:
+                self.snapshot(trigger)
+            finally:
+                self.machine.release(hold)
 
     # -- doing it ------------------------------------------------------------------------------
     def snapshot(self, trigger: str) -> dict | None:

@@ -111,6 +111,7 @@ static const char key_mem[16] = "volt.mem=";
 static const char key_poweroff[16] = "volt.poweroff";
 static const char key_blk[16] = "volt.blk=";
 static const char key_net[16] = "volt.net=";
+static const char key_cpuid[16] = "volt.cpuid";
 
 static void parse_cmdline(const char *s)
 {
@@ -131,8 +132,9 @@ static void parse_cmdline(const char *s)
             cfg.mem_mib = parse_dec(s + 9, end);
         } else if (n == 13 && has_prefix(s, n, key_poweroff, 13)) {
             cfg.poweroff = 1;
-        } else if (has_prefix(s, n, key_blk, 9) || has_prefix(s, n, key_net, 9)) {
-            cfg.io = 1;     /* the rest of the I/O words are parsed in ring 3 */
+        } else if (has_prefix(s, n, key_blk, 9) || has_prefix(s, n, key_net, 9) ||
+                   (n == 10 && has_prefix(s, n, key_cpuid, 10))) {
+            cfg.io = 1;     /* ring 3 has work: the rest of these words are parsed there */
         }
         s = end;
     }
@@ -189,6 +191,8 @@ static void on_timer(void)
     line_dec(&l, tick_count);
     line_str(&l, " clock_ms=");
     line_dec(&l, clock_ms());
+    line_str(&l, " tsc_ms=");           /* the guest TSC: what restores must keep going */
+    line_dec(&l, rdtsc() / tsc_per_ms());
     line_emit(&l);
     if (cfg.ticks && tick_count >= cfg.ticks) {
         ticking = 0;
@@ -309,9 +313,12 @@ void ap_main(void)
     apic_init_ap();
     struct line l;
     l.len = 0;
+    u32 a, b, c, d;
+    cpuid(1, &a, &b, &c, &d);
     line_str(&l, "cpu ");
     line_dec(&l, apic_id());
-    line_str(&l, " up");
+    line_str(&l, " up cpuid_apic=");    /* what CPUID says (the VMM sets it per vCPU) */
+    line_dec(&l, b >> 24);
     line_emit(&l);
     __atomic_add_fetch(&ap_up_count, 1, __ATOMIC_SEQ_CST);
     apic_send_ipi(bsp_apic_id, WAKE_VECTOR | (0u << 8));

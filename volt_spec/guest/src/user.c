@@ -204,10 +204,24 @@ static void mem_step(void)
 
 static struct virtio_window windows[VIRTIO_MAX_WINDOWS];
 
+/* volt.cpuid: CPUID leaf 1's initial APIC id as ring 3 sees it (the VMM sets it per vCPU). */
+static void report_user_cpuid(void)
+{
+    u32 a, b, c, d;
+    cpuid(1, &a, &b, &c, &d);
+    struct line l;
+    l.len = 0;
+    line_str(&l, "user-cpuid apic=");
+    line_dec(&l, b >> 24);
+    user_emit(&l);
+}
+
 void user_main(const struct user_args *a)
 {
     tsc_khz = a->tsc_khz;
     u32 len;
+    if (cmdline_value(a->cmdline, "volt.cpuid", &len))
+        report_user_cpuid();
     const char *blk_mode = cmdline_value(a->cmdline, "volt.blk=", &len);
     int want_blk = blk_mode != NULL;
     int blk_bench = want_blk && len == 5 && blk_mode[0] == 'b' && blk_mode[1] == 'e' && blk_mode[2] == 'n' &&

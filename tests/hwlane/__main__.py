@@ -1,0 +1,5 @@
+"""python -m tests.hwlane [--set ci|full] [-- PYTEST ARGS]"""
+
+from .lane import main
+
+raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""The hardware-KVM lane: run the test suite inside a Linux that has a real (SVM) KVM.
+
+Our machines' /dev/kvm is PVM, which hides what users' hardware KVM exposes (a guest TSC of its
+own, CPUID filtering, TSC-deadline and kvmclock across a restore) and cannot boot a stock Linux.
+QEMU's TCG emulates AMD SVM well enough that Debian's generic kernel booted in it (the "L1") loads
+kvm_amd with nested paging; the host's / is shared read-only by virtio-9p, made writable there by
+a tmpfs overlay, and the checkout's own venv runs the tests in a chroot of it. The pytest result
+comes back through a second, writable 9p share (a junit file and the exit status).
+
+Everything the tests fetch (kernels, busybox, modules, the test guest) is fetched or built on the
+host first, into $VOLT_CACHE, so the L1 needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+
+from volt_spec.boot.initramfs import initramfs_entries, write_cpio
+from volt_spec.boot.kernel_fetch import default_cache_dir, fetch_busybox, fetch_debian_kernel, fetch_kernel_modules
+
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent.parent
+# What the L1 loads (their dependencies are found from each module's modinfo and loaded first).
+L1_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay", "kvm-amd", "tun", "veth"]
+QEMU = "qemu-system-x86_64"
+TCG_THREAD = "multi"              # one host thread per L1 vCPU (VOLT_LANE_TCG_THREAD=single: one for all)
+# EPYC with SVM, minus what TCG cannot emulate (QEMU would warn about each at start).
+L1_CPU = ("EPYC,+svm,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,"
+          "-xsavec")
+# TCG's TSC is the host's, shared by all vCPUs, but Linux's boot-time sync check sees TCG's
+# skew and marks it unstable (then KVM runs its unstable-TSC paths and the L1 clocksource is
+# hpet). Users' servers have a stable TSC: tell the L1 so, like them it then runs KVM's master
+# clock, and KVM_CLOCK_REALTIME works there.
+# mitigations=off: no IBPB, retbleed/SRSO thunks or flushes around every L2 exit; under TCG these
+# cost much and are paths TCG's SVM emulation gets wrong (a stack-guard panic in the L1's page-
+# fault entry was seen with them on). The L1 is a throwaway test machine.
+L1_KERNEL_ARGS = "tsc=reliable mitigations=off"
+# TCG runs the suite 10-50x slower than a host: every test deadline is scaled by this.
+TIMEOUT_SCALE = 10
+WORKERS = 2
+PER_TEST_TIMEOUT_S = 900         # one test, in the lane: a hang shows its stack and fails, the rest go on
+BOOT_DEADLINE_S = 240             # QEMU start to "LANE: ready" (about 5-20 s when healthy)
+MARKER = "LANE: "
+FAIL_MARKER = "LANE-FAIL: "
+
+
+class LaneError(RuntimeError):
+    """The lane could not run the tests: one line naming the cause."""
+
+
+class L1Crashed(LaneError):
+    """The L1 kernel itself panicked: TCG's SVM emulation, not our code (worth one retry)."""
+
+
+L1_PANIC = re.compile(r"^\[\s*[\d.]+\] Kernel panic - not syncing")
+L1_BUG = re.compile(r"^\[\s*[\d.]+\] (BUG|general protection fault|stack guard page)")
+
+
+@dataclass
+class LaneResult:
+    rc: int
+    counts: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.counts.get(k, 0)} {k}" for k in ("passed", "failed", "errors", "skipped")
+                 if self.counts.get(k) or k == "passed"]
+        return f"hardware-KVM lane: {', '.join(parts)} inside the L1 in {self.wall_s:.0f} s (pytest exit {self.rc})"
+
+
+def l1_initramfs(cache: Path) -> tuple[Path, Path]:
+    """(the L1's vmlinuz, its initramfs): built from Debian packages and cached by content."""
+    vmlinuz = fetch_debian_kernel(cache, flavour="generic")
+    modules = fetch_kernel_modules(L1_MODULES, cache, flavour="generic", with_deps=True)
+    busybox = fetch_busybox(cache)
+    init = (HERE / "init.sh").read_bytes()
+    digest = sha256(init + vmlinuz.name.encode() + busybox.name.encode()
+                    + b"".join(m.name.encode() for m in modules)).hexdigest()[:16]
+    out = cache / "hwlane" / f"l1-initrd-{digest}.gz"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        write_cpio(initramfs_entries(busybox, init, modules), tmp)
+        os.replace(tmp, out)
+    return vmlinuz, out
+
+
+def prepare_host(cache: Path) -> None:
+    """Fetch and build on the host what the tests inside would otherwise download."""
+    from volt_spec.boot.initramfs import VIRTIO_MODULES
+    from volt_spec.boot.kernel_fetch import vmlinux_path
+    from volt_spec.guest.build import build_guest
+    fetch_debian_kernel(cache)
+    vmlinux_path(cache)
+    fetch_busybox(cache)
+    fetch_kernel_modules(VIRTIO_MODULES, cache)
+    build_guest()
+
+
+def qemu_argv(vmlinuz: Path, initrd: Path, results: Path, memory_mib: int, cpus: int) -> list[str]:
+    share = "security_model=none,multidevs=remap"
+    return [QEMU, "-accel", f"tcg,thread={os.environ.get('VOLT_LANE_TCG_THREAD', TCG_THREAD)}", "-cpu", L1_CPU,
+            "-m", str(memory_mib),
+            "-smp", str(cpus), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+            "-kernel", str(vmlinuz), "-initrd", str(initrd),
+            "-append", f"console=ttyS0 panic=-1 loglevel=4 {L1_KERNEL_ARGS} lane.results={results}",
+            "-virtfs", f"local,path=/,mount_tag=hostroot,readonly=on,{share}",
+            "-virtfs", f"local,path={results},mount_tag=results,{share}"]
+
+
+# Python's own files, read over 9p by every interpreter start, are copied into the L1's RAM
+# first (one tar per tree, read at 9p's streaming speed): starts are ~35% faster under TCG.
+PREFIX_EXCLUDES = ["lib/python3.*/site-packages", "lib/python3.*/test", "lib/python3.*/idlelib",
+                   "lib/python3.*/tkinter", "lib/python3.*/ensurepip", "lib/python3.*/config-*", "*.opt-1.pyc",
+                   "*.opt-2.pyc"]
+
+
+def local_trees(results: Path) -> list[tuple[Path, Path]]:
+    """(tar in the results share, the directory it replaces in the L1): the venv and the part
+    of its base interpreter's prefix that the venv uses (bin/python3*, lib/python3.*, libpython)."""
+    venv = CHECKOUT / ".venv"
+    py = venv / "bin" / "python"
+    prefix = Path(subprocess.run([str(py), "-c", "import sys; print(sys.base_prefix)"], capture_output=True,
+                                 text=True, check=True).stdout.strip())
+    members = [str(p.relative_to(prefix)) for p in [*prefix.glob("bin/python3*"), *prefix.glob("lib/python3.*"),
+                                                     *prefix.glob("lib/libpython3*")]]
+    trees = [(results / "prefix.tar", prefix, members, PREFIX_EXCLUDES), (results / "venv.tar", venv, ["."], [])]
+    out = []
+    for tar, root, names, excludes in trees:
+        if names:
+            subprocess.run(["tar", "-C", str(root), "-cf", str(tar), *(f"--exclude={e}" for e in excludes), *names],
+                           check=True, capture_output=True)
+            out.append((tar, root))
+    return out
+
+
+def job_script(results: Path, pytest_args: list[str], cache: Path, command: str | None = None) -> str:
+    """What the L1 runs in its chroot: the checkout's own venv and pytest (junit to the results
+    share), or `command` (a shell line run in the checkout with the venv first on PATH)."""
+    env = {"PATH": f"{CHECKOUT / '.venv' / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root",
+           "LANG": "C.UTF-8", "VOLT_CACHE": str(cache), "VOLT_LANE": "hw",
+           "VOLT_TIMEOUT_SCALE": str(TIMEOUT_SCALE), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(CHECKOUT)}       # this checkout's code, whatever the venv was installed from
+    py = CHECKOUT / ".venv" / "bin" / "python"
+    argv = [str(py), "-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-v", "-rfEs", "--durations=20",
+            f"--timeout={PER_TEST_TIMEOUT_S}", "-o", f"faulthandler_timeout={PER_TEST_TIMEOUT_S // 2}", f"--junitxml={results / 'junit.xml'}",
+            *pytest_args]
+    local = []
+    for i, (tar, where) in enumerate(local_trees(results)):
+        copy = f"/run/lane-local/{i}"
+        local.append(f"mkdir -p {copy} && tar -xf {shlex.quote(str(tar))} -C {copy} && "
+                     f"mount --bind {copy} {shlex.quote(str(where))} || echo '{MARKER}could not copy {where} to RAM'")
+    lines = ["set -u", *local, *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+             f"cd {shlex.quote(str(CHECKOUT))}",
+             f'echo "{MARKER}volt host: $({shlex.quote(str(CHECKOUT / ".venv" / "bin" / "volt"))} host 2>&1 | tr "\\n" " ")"',
+             f"{command if command else shlex.join(argv)} 2>&1",
+             f"echo $? > {shlex.quote(str(results / 'rc'))}"]
+    return "\n".join(lines) + "\n"
+
+
+def run_lane(pytest_args: list[str], timeout_s: float, memory_mib: int = 8192, cpus: int = 2,
+             keep: Path | None = None, command: str | None = None) -> LaneResult:
+    """Boot the L1, run pytest inside, bring back its result. Raises LaneError with the reason."""
+    if shutil.which(QEMU) is None:
+        raise LaneError(f"{QEMU} is not installed (Debian: apt-get install qemu-system-x86)")
+    cache = default_cache_dir()
+    prepare_host(cache)
+    vmlinuz, initrd = l1_initramfs(cache)
+    results = Path(tempfile.mkdtemp(prefix="volt-hwlane-", dir=keep))
+    (results / "job.sh").write_text(job_script(results, pytest_args, cache, command))
+    started = time.monotonic()
+    console = results / "console.log"
+    _boot_and_wait(qemu_argv(vmlinuz, initrd, results, memory_mib, cpus), console, timeout_s)
+    rc_file = results / "rc"
+    if not rc_file.is_file():
+        raise LaneError("the job inside the L1 ended without an exit status; console: " + str(console))
+    result = LaneResult(int(rc_file.read_text().strip() or 1), wall_s=time.monotonic() - started)
+    junit = results / "junit.xml"
+    if junit.is_file():
+        result.counts, result.failed = junit_counts(junit)
+    if keep is None:
+        shutil.rmtree(results, ignore_errors=True)
+    return result
+
+
+def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
+    """Run QEMU, echo its console with an `L1| ` prefix, enforce the deadlines."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ready, buf, tail, bug = False, b"", [], None
+    try:
+        with open(console, "wb") as log:
+            while True:
+                elapsed = time.monotonic() - started
+                if not ready and elapsed > BOOT_DEADLINE_S:
+                    raise LaneError(f"the L1 did not come up within {BOOT_DEADLINE_S} s; last lines: {tail[-5:]}")
+                if elapsed > timeout_s:
+                    raise LaneError(f"timeout: the lane ran over {timeout_s / 60:.0f} min; last lines: {tail[-5:]}")
+                readable, _, _ = select.select([proc.stdout], [], [], 1.0)
+                if not readable:
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").rstrip("\r")
+                    tail = (tail + [line])[-20:]
+                    print(f"L1| {line}", flush=True)
+                    ready = ready or line.startswith(MARKER + "ready")
+                    if line.startswith(FAIL_MARKER):
+                        raise LaneError(line[len(FAIL_MARKER):])
+                    bug = bug or (line if L1_BUG.match(line) else None)
+                    if L1_PANIC.match(line):
+                        raise L1Crashed(f"the L1 kernel panicked ({bug or line}); console: {console}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait()
+    if code != 0:
+        raise LaneError(f"QEMU exited {code}; last lines: {tail[-5:]}")
+
+
+def junit_counts(path: Path) -> tuple[dict[str, int], list[str]]:
+    """{'passed', 'failed', 'errors', 'skipped'} and the failed test ids from a pytest junit file."""
+    root = ET.parse(path).getroot()
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failed = []
+    for case in root.iter("testcase"):
+        kinds = {child.tag for child in case}
+        name = f"{case.get('classname')}::{case.get('name')}"
+        if "failure" in kinds:
+            counts["failed"] += 1
+            failed.append(name)
+        elif "error" in kinds:
+            counts["errors"] += 1
+            failed.append(name)
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts, failed
+
+
+
+
+def ci_files() -> list[str]:
+    """The test files holding hwlane tests: pytest inside imports only these (collecting all
+    of tests/ takes minutes under TCG)."""
+    return sorted(str(p.relative_to(CHECKOUT)) for p in (CHECKOUT / "tests").glob("test_*.py")
+                  if "pytest.mark.hwlane" in p.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m tests.hwlane", description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=["ci", "full"], default="ci",
+                        help="ci: the tests that boot guests for snapshots, restore, clones, policies, "
+                             "virtio, apply and Linux (marker hwlane); full: the whole suite")
+    parser.add_argument("--timeout-min", type=float, default=None, help="default: 40 (ci), 300 (full)")
+    parser.add_argument("--memory", type=int, default=8192, help="the L1's memory in MiB")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the console log and junit file under DIR")
+    parser.add_argument("--run", default=None, metavar="COMMAND",
+                        help="run this shell command in the checkout inside the L1 instead of pytest "
+                             "(e.g. 'python benchmarks/linux.py'); its exit status is the lane's")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+    # Two workers, a file each at a time (module fixtures stay on one): under TCG a test mostly
+    # waits on one busy interpreter, and the L1 has two vCPUs.
+    parallel = ["-n", str(WORKERS), "--dist", "loadfile"] if WORKERS > 1 else []
+    pytest_args = (["-m", "hwlane", *ci_files()] if args.set == "ci" else []) + parallel + args.pytest_args
+    timeout = 60 * (args.timeout_min or (40 if args.set == "ci" else 300))
+    try:
+        try:
+            result = run_lane(pytest_args, timeout, args.memory, keep=args.keep, command=args.run)
+        except L1Crashed as e:
+            print(f"hardware-KVM lane: {e}; retrying once", file=sys.stderr)
+            result = run_lane(pytest_args, timeout, args.memory, keep=args.keep, command=args.run)
+    except LaneError as e:
+        print(f"hardware-KVM lane FAILED: {e}", file=sys.stderr)
+        return 2
+    if args.run:
+        print(f"hardware-KVM lane: {args.run!r} exited {result.rc} inside the L1 ({result.wall_s:.0f} s)")
+        return result.rc
+    print(result.summary())
+    for name in result.failed:
+        print(f"  failed in the lane: {name}")
+    return 0 if result.rc == 0 and not result.failed and result.counts.get("passed") else 1
