@@ -40,6 +40,7 @@ class PolicyEngine:
         self.partial = b""
         self.ready_done = booted_from != "cold"     # a restored guest already was "ready"
         self.taken = 0
+        self.in_progress: str | None = None     # the trigger of the snapshot being taken, retention included
         self.last: dict | None = None
         self.last_error: str | None = None
         self.started = time.time()
@@ -71,6 +72,7 @@ class PolicyEngine:
     def status(self) -> dict:
         with self.lock:
             return {"triggers": [t.get("trigger") for t in self.triggers], "snapshots_taken": self.taken,
+                    "in_progress": self.in_progress,
                     "last": self.last, "last_error": self.last_error, "next_interval_due": self.next_due}
 
     # -- trigger sources -----------------------------------------------------------------------
@@ -131,9 +133,19 @@ class PolicyEngine:
 
     # -- doing it ------------------------------------------------------------------------------
     def snapshot(self, trigger: str) -> dict | None:
-        from ..snapshot.create import create_snapshot
+        """Take one snapshot and apply retention; `in_progress` says so meanwhile (status: busy)."""
         if not self.dir:
             return None
+        with self.lock:
+            self.in_progress = trigger
+        try:
+            return self._snapshot(trigger)
+        finally:
+            with self.lock:
+                self.in_progress = None
+
+    def _snapshot(self, trigger: str) -> dict | None:
+        from ..snapshot.create import create_snapshot
         snap_id = new_id(self.vm)
         meta = {"id": snap_id, "vm": self.vm, "trigger": trigger,
                 "machine_hash": self.policy.get("machine_hash"), "spec": self.policy.get("spec")}
