@@ -61,6 +61,9 @@ def median(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
 
 
+KILL_WAIT_S = 60
+
+
 class Console:
     """A long-lived process whose stdout lines are collected by a thread (the pipe never fills)."""
 
@@ -97,7 +100,12 @@ class Console:
 
     def close(self) -> None:
         self.proc.kill()
-        self.proc.wait()
+        try:
+            self.proc.wait(KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            # Seen only in the lane: a VMM stuck inside the (nested, emulated) KVM ignores SIGKILL.
+            raise RuntimeError(f"{self.proc.args[0]} (pid {self.proc.pid}) did not die within "
+                               f"{KILL_WAIT_S} s of SIGKILL") from None
         self.thread.join(5)
         self.proc.stdout.close()
         self.err.close()

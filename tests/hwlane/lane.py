@@ -9,6 +9,12 @@ comes back through a second, writable 9p share (a junit file and the exit status
 
 Everything the tests fetch (kernels, busybox, modules, the test guest) is fetched or built on the
 host first, into $VOLT_CACHE, so the L1 needs no network.
+
+Emulation artefacts (seen, not ours; each VMM alike): under multi-threaded TCG the L1 kernel
+very rarely dies in its SVM entry path (a stack-guard hit in error_entry while a vCPU thread is in
+KVM_RUN): the lane retries once on an L1 panic. More rarely still an L2 Linux gets stuck at boot,
+QEMU's inside the L1 as well as ours (with single-threaded TCG: a vCPU halted with interrupts
+off); a test's deadline then fails that test with its console, the rest go on.
 """
 
 from __future__ import annotations
