@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 
 import pytest
@@ -94,6 +95,23 @@ def test_memory_file_is_sparse_and_maps_back(tmp_path):
     # MAP_PRIVATE: writes to the restored memory never reach the file
     back.write(0x1000, b"XXXXX")
     assert path.read_bytes()[0x1000:0x1005] == b"first"
+
+
+def test_memory_file_skips_zero_pages_a_huge_page_made_present(tmp_path):
+    """With transparent huge pages (Debian's default: always) one byte makes 2 MiB present;
+    the zeros around it still cost nothing in memory.snap."""
+    mem = GuestMemory.anonymous([(0, 8 << 20)])
+    region = mem.regions[0]
+    region.map.madvise(mmap.MADV_HUGEPAGE)
+    aligned = -region.host_addr % (2 << 20)          # a 2 MiB-aligned guest address
+    _touch(mem, aligned + 0x3000, b"x")
+    _touch(mem, aligned + (2 << 20) - 1, b"y")
+    _touch(mem, aligned + (2 << 20), b"z")           # the next page: one run of two pages
+    layout = write_memory(mem, str(tmp_path / "memory.snap"))
+    assert layout["data_bytes"] == 3 * 4096
+    back = map_memory(str(tmp_path / "memory.snap"), layout)
+    assert back.read(aligned + 0x3000, 1) == b"x" and back.read(aligned + (2 << 20) - 1, 2) == b"yz"
+    assert back.read(aligned, 0x3000) == bytes(0x3000)
 
 
 def test_snapshot_of_a_restored_vm_keeps_pages_it_never_touched(tmp_path):

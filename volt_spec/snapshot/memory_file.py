@@ -3,8 +3,8 @@
 Layout: the RAM regions one after another (region i at the sum of the sizes before
 it); state.json records each region's guest-physical address, size and file offset
 (RAM beyond 3 GiB lives above 4 GiB, so offsets and addresses differ). Only pages
-the guest ever touched are written (found through /proc/self/pagemap); the rest
-stay holes and read back as zeros. On restore the file is mapped MAP_PRIVATE: pages
+the guest ever touched (found through /proc/self/pagemap) and that are not all zeros
+are written; the rest stay holes and read back as zeros. On restore the file is mapped MAP_PRIVATE: pages
 load on demand and guest writes never reach the file, so clones can share it.
 """
 
@@ -21,6 +21,9 @@ PM_PRESENT = 1 << 63
 PM_SWAPPED = 1 << 62
 DIGEST_CHUNK = 2 << 20
 _ZERO_ENTRIES = bytes(8 * CHUNK_PAGES)
+HUGE = 2 << 20
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_HUGE = bytes(HUGE)
 
 
 class MemoryFileError(RuntimeError):
@@ -87,6 +90,32 @@ def _runs_to_write(region: MemoryRegion, pagemap_fd: int):
     return _merge(list(runs) + list(_file_data_runs(fd, offset, region.size)))
 
 
+def _nonzero(mapping: mmap.mmap, runs):
+    """The parts of `runs` that are not all zeros, coalesced. A present page can be zeros the
+    guest never wrote: with transparent huge pages (Debian's default is `always`) one touched
+    byte makes 2 MiB present. Each 2 MiB block is compared whole first, then page by page."""
+    start = end = None
+    for run_off, run_len in runs:
+        pos, stop = run_off, run_off + run_len
+        while pos < stop:
+            block = min(stop, (pos // HUGE + 1) * HUGE) - pos
+            if mapping[pos:pos + block] == _ZERO_HUGE[:block]:
+                pos += block
+                continue
+            for page in range(pos, pos + block, PAGE):
+                if mapping[page:page + PAGE] == _ZERO_PAGE:
+                    continue
+                if end == page:
+                    end += PAGE
+                    continue
+                if start is not None:
+                    yield start, end - start
+                start, end = page, page + PAGE
+            pos += block
+    if start is not None:
+        yield start, end - start
+
+
 def write_memory(memory: GuestMemory, path: str) -> dict:
     """Write guest RAM sparsely to `path` (not fsynced: the caller does that after resuming)."""
     total = memory.size
@@ -98,7 +127,7 @@ def write_memory(memory: GuestMemory, path: str) -> dict:
         try:
             for r in memory.regions:
                 view = memoryview(r.map)
-                for run_off, run_len in _runs_to_write(r, pm):
+                for run_off, run_len in _nonzero(r.map, _runs_to_write(r, pm)):
                     done = 0
                     while done < run_len:
                         done += os.pwrite(fd, view[run_off + done:run_off + run_len], offset + run_off + done)
