@@ -84,12 +84,15 @@ def test_interval_trigger_and_retention_keep_exactly_count(volt, tmp_path):
     path = spec(tmp_path, "ivl", "[{trigger: interval, every: 1s}]", retain="{count: 2}")
     volt("apply", path)
     wait_until(lambda: policy_status(volt, "ivl")["snapshots_taken"] >= 4, timeout=20, what="4 interval snapshots")
-    rows = wait_until(lambda: quiet_snaps(volt, "ivl"), what="a listing no snapshot raced with")
-    assert len(rows) == 2 and all(r["trigger"] == "interval" and r["valid"] for r in rows), rows
     row = volt.state("ivl")
     assert row["last_snapshot"]["trigger"] == "interval"
     assert row["next_snapshot_in_s"] is not None and row["next_snapshot_in_s"] <= 1.0
     assert "NEXT-SNAPSHOT" in volt("status").stdout
+    # Under TCG a snapshot takes about the interval: stop the trigger (applied live) to list
+    # the snapshots while none is being taken.
+    assert volt("apply", spec(tmp_path, "ivl", "[]", retain="{count: 2}")).stdout.startswith("vm/ivl configured")
+    rows = wait_until(lambda: quiet_snaps(volt, "ivl"), what="a listing no snapshot raced with")
+    assert len(rows) == 2 and all(r["trigger"] == "interval" and r["valid"] for r in rows), rows
 
 
 def test_console_trigger_fires_on_a_matching_line(volt, tmp_path):
