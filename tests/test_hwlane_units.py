@@ -58,3 +58,9 @@ def test_junit_counts(tmp_path):
     counts, failed = junit_counts(junit)
     assert counts == {"passed": 1, "failed": 1, "errors": 1, "skipped": 1}
     assert failed == ["t::b", "t::d"]
+
+
+def test_an_l1_panic_is_seen_in_the_middle_of_a_pytest_line():
+    from tests.hwlane.lane import L1_PANIC
+    line = "tests/test_e2e_snapshot.py::test_x [  638.512045] Kernel panic - not syncing: corrupted stack end"
+    assert L1_PANIC.search(line) and not L1_PANIC.search("Kernel panic mentioned by a test")

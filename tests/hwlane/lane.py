@@ -70,8 +70,8 @@ class L1Crashed(LaneError):
     """The L1 kernel itself panicked: TCG's SVM emulation, not our code (worth one retry)."""
 
 
-L1_PANIC = re.compile(r"^\[\s*[\d.]+\] Kernel panic - not syncing")
-L1_BUG = re.compile(r"^\[\s*[\d.]+\] (BUG|general protection fault|stack guard page)")
+L1_PANIC = re.compile(r"\[\s*[\d.]+\] Kernel panic - not syncing")     # mid-line too (pytest's)
+L1_BUG = re.compile(r"\[\s*[\d.]+\] (BUG|general protection fault|stack guard page)")
 
 
 @dataclass
@@ -232,8 +232,8 @@ def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
                     ready = ready or line.startswith(MARKER + "ready")
                     if line.startswith(FAIL_MARKER):
                         raise LaneError(line[len(FAIL_MARKER):])
-                    bug = bug or (line if L1_BUG.match(line) else None)
-                    if L1_PANIC.match(line):
+                    bug = bug or (line if L1_BUG.search(line) else None)
+                    if L1_PANIC.search(line):
                         raise L1Crashed(f"the L1 kernel panicked ({bug or line}); console: {console}")
     finally:
         if proc.poll() is None:
