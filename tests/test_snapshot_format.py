@@ -149,3 +149,11 @@ def test_truncated_or_missing_memory_file_refused(tmp_path):
         map_memory(str(path), layout)
     with pytest.raises(MemoryFileError, match="missing"):
         map_memory(str(tmp_path / "nope"), layout)
+
+
+def test_realtime_advance_refuses_a_crafted_capture_time():
+    from volt_spec.snapshot.vm_state import elapsed_ns
+    with pytest.raises(ValueError, match="saved_at_ns"):
+        elapsed_ns({"clock": {"saved_at_ns": -10 ** 30, "flags": 0}}, "realtime")
+    assert elapsed_ns({"clock": {"saved_at_ns": 10 ** 40, "flags": 0}}, "realtime") == 0
+    assert elapsed_ns({"clock": {"saved_at_ns": -1, "flags": 0}}, "continue") == 0

@@ -36,11 +36,14 @@ def elapsed_ns(state: dict, clock_mode: str) -> int:
     time and whose host could not give KVM's realtime, or a clock that went backwards)."""
     if clock_mode != "realtime":
         return 0
-    saved = state["clock"]
+    saved, now = state["clock"], time.time_ns()
     if "saved_at_ns" in saved:
-        return max(0, time.time_ns() - int(saved["saved_at_ns"]))
+        saved_at = int(saved["saved_at_ns"])
+        if not 0 <= saved_at:          # a snapshot is untrusted: no advance past what u64 holds
+            raise ValueError(f"clock.saved_at_ns {saved_at} is out of range")
+        return max(0, now - saved_at)
     if int(saved["flags"]) & KVM_CLOCK_REALTIME:
-        return max(0, time.time_ns() - int(saved["realtime"]))
+        return max(0, now - int(saved["realtime"]))
     return 0
 
 
