@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from volt_spec.boot.kernel_fetch import KernelFetchError, _load_order
-from tests.hwlane.lane import CHECKOUT, ci_files, job_script, junit_counts
+from tests.hwlane.lane import CHECKOUT, ci_files, job_script, outcome_counts
 
 
 def fake_module(tmp_path, name, depends):
@@ -39,6 +39,7 @@ def test_the_job_scales_deadlines_and_runs_this_checkout(tmp_path, monkeypatch):
     script = job_script(tmp_path, ["-m", "hwlane"], tmp_path / "cache")
     assert "export VOLT_TIMEOUT_SCALE=10" in script and f"export PYTHONPATH={CHECKOUT}" in script
     assert f"--junitxml={tmp_path / 'junit.xml'}" in script and script.rstrip().endswith(f"> {tmp_path / 'rc'}")
+    assert "-p tests.hwlane.progress" in script and f"VOLT_LANE_PROGRESS={tmp_path / 'progress.log'}" in script
     assert "echo $? >" in job_script(tmp_path, [], tmp_path, command="python benchmarks/linux.py")
 
 
@@ -49,18 +50,75 @@ def test_ci_set_holds_the_guest_booting_files():
     assert "tests/test_schema_corpus.py" not in files
 
 
-def test_junit_counts(tmp_path):
-    junit = tmp_path / "j.xml"
-    junit.write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
-                     '<testcase classname="t" name="b"><failure message="x"/></testcase>'
-                     '<testcase classname="t" name="c"><skipped/></testcase>'
-                     '<testcase classname="t" name="d"><error/></testcase></testsuite></testsuites>')
-    counts, failed = junit_counts(junit)
-    assert counts == {"passed": 1, "failed": 1, "errors": 1, "skipped": 1}
-    assert failed == ["t::b", "t::d"]
+def test_outcomes_survive_a_crash_and_the_worst_phase_counts(tmp_path):
+    from tests.hwlane.progress import phase_outcome, read_progress
+    log = tmp_path / "progress.log"
+    lines = [(phase_outcome(w, o), n) for w, o, n in [
+        ("setup", "passed", "t::a"), ("call", "passed", "t::a"), ("teardown", "passed", "t::a"),
+        ("call", "failed", "t::b"), ("setup", "skipped", "t::c"),
+        ("call", "passed", "t::d"), ("teardown", "failed", "t::d"), ("setup", "failed", "t::e")]]
+    log.write_text("".join(f"{o} {n}\n" for o, n in lines if o) + "passed t::torn-by-the-cra")
+    finished = read_progress(log)
+    assert finished == {"t::a": "passed", "t::b": "failed", "t::c": "skipped", "t::d": "errors",
+                        "t::e": "errors"}
+    assert outcome_counts(finished)[0]["errors"] == 2 and outcome_counts(finished)[1][:3] == ["t::b", "t::d", "t::e"]
+
+
+def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
+    """A real pytest run with the plugin: tests listed as done are deselected, the rest logged."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "test_x.py").write_text("def test_done():\n    assert False\n\n"
+                                        "def test_left():\n    pass\n\n"
+                                        "def test_left_failing():\n    assert False\n")
+    (tmp_path / "done").write_text("test_x.py::test_done\n")
+    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "VOLT_LANE_DONE": str(tmp_path / "done"),
+           "PYTHONPATH": str(CHECKOUT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider",
+                          "-q", "test_x.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "1 deselected" in run.stdout, run.stdout
+    assert (tmp_path / "p.log").read_text().splitlines() == ["passed test_x.py::test_left",
+                                                             "failed test_x.py::test_left_failing"]
+
+
+def test_the_lane_passes_only_when_every_test_inside_passed():
+    from tests.hwlane.lane import LaneResult
+    assert LaneResult(0, {"passed": 3}).ok()
+    assert LaneResult(5, {"passed": 3}, attempts=2).ok()       # the second L1 had nothing left
+    assert not LaneResult(5, {"passed": 3}).ok()
+    assert not LaneResult(1, {"passed": 3, "failed": 1}, failed=["t::b"]).ok()
+    assert not LaneResult(0, {"passed": 0}).ok()
 
 
 def test_an_l1_panic_is_seen_in_the_middle_of_a_pytest_line():
     from tests.hwlane.lane import L1_PANIC
     line = "tests/test_e2e_snapshot.py::test_x [  638.512045] Kernel panic - not syncing: corrupted stack end"
     assert L1_PANIC.search(line) and not L1_PANIC.search("Kernel panic mentioned by a test")
+def test_after_an_l1_panic_a_fresh_l1_gets_what_had_finished(monkeypatch):
+    from tests.hwlane import lane
+    seen = []
+
+    def fake_run_lane(pytest_args, timeout_s, memory_mib, keep=None, command=None, finished=None):
+        seen.append(dict(finished))
+        finished["t::a"] = "passed"
+        if len(seen) == 1:
+            raise lane.L1Crashed("the L1 kernel panicked")
+        finished["t::b"] = "passed"
+        return lane.LaneResult(0, *lane.outcome_counts(finished))
+
+    monkeypatch.setattr(lane, "run_lane", fake_run_lane)
+    result = lane.run_attempts([], 3600, 8192)
+    assert seen == [{}, {"t::a": "passed"}] and result.attempts == 2 and result.counts["passed"] == 2
+
+
+def test_the_lane_gives_up_after_its_last_l1_boot(monkeypatch):
+    from tests.hwlane import lane
+
+    def crashing(*args, finished=None, **kwargs):
+        raise lane.L1Crashed("the L1 kernel panicked")
+
+    monkeypatch.setattr(lane, "run_lane", crashing)
+    with pytest.raises(lane.LaneError, match=f"L1 boot {lane.L1_ATTEMPTS} of at most {lane.L1_ATTEMPTS}"):
+        lane.run_attempts([], 3600, 8192)

@@ -12,7 +12,8 @@ host first, into $VOLT_CACHE, so the L1 needs no network.
 
 Emulation artefacts (seen, not ours; each VMM alike): under multi-threaded TCG the L1 kernel
 very rarely dies in its SVM entry path (a stack-guard hit in error_entry while a vCPU thread is in
-KVM_RUN): the lane retries once on an L1 panic. More rarely still an L2 Linux gets stuck at boot,
+KVM_RUN): after an L1 panic the lane boots a fresh L1 for the tests that had not finished
+(tests/hwlane/progress.py logs each outcome as it comes), up to L1_ATTEMPTS boots. More rarely still an L2 Linux gets stuck at boot,
 QEMU's inside the L1 as well as ours (with single-threaded TCG: a vCPU halted with interrupts
 off); a test's deadline then fails that test with its console, the rest go on.
 """
@@ -28,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
 
 from volt_spec.boot.initramfs import initramfs_entries, write_cpio
 from volt_spec.boot.kernel_fetch import default_cache_dir, fetch_busybox, fetch_debian_kernel, fetch_kernel_modules
+
+from .progress import DONE_ENV, PROGRESS_ENV, read_progress
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent.parent
@@ -58,6 +60,8 @@ TIMEOUT_SCALE = 10
 WORKERS = 2
 PER_TEST_TIMEOUT_S = 900         # one test, in the lane: a hang shows its stack and fails, the rest go on
 BOOT_DEADLINE_S = 240             # QEMU start to "LANE: ready" (about 5-20 s when healthy)
+L1_ATTEMPTS = 3                   # L1 boots per lane run: each after a panic runs only the unfinished tests
+PROGRESS_FILE = "progress.log"    # in the results share: one line per finished test (tests/hwlane/progress.py)
 MARKER = "LANE: "
 FAIL_MARKER = "LANE-FAIL: "
 
@@ -67,7 +71,7 @@ class LaneError(RuntimeError):
 
 
 class L1Crashed(LaneError):
-    """The L1 kernel itself panicked: TCG's SVM emulation, not our code (worth one retry)."""
+    """The L1 kernel itself panicked: TCG's SVM emulation, not our code (worth a fresh L1)."""
 
 
 L1_PANIC = re.compile(r"\[\s*[\d.]+\] Kernel panic - not syncing")     # mid-line too (pytest's)
@@ -80,11 +84,19 @@ class LaneResult:
     counts: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     failed: list[str] = field(default_factory=list)
+    attempts: int = 1
+
+    def ok(self) -> bool:
+        """Every test inside passed (pytest exits 5 when an L1 after a panic had none left to run)."""
+        done = self.rc == 0 or (self.rc == 5 and self.attempts > 1)
+        return done and not self.failed and self.counts.get("passed", 0) > 0
 
     def summary(self) -> str:
         parts = [f"{self.counts.get(k, 0)} {k}" for k in ("passed", "failed", "errors", "skipped")
                  if self.counts.get(k) or k == "passed"]
-        return f"hardware-KVM lane: {', '.join(parts)} inside the L1 in {self.wall_s:.0f} s (pytest exit {self.rc})"
+        boots = f", {self.attempts} L1 boots" if self.attempts > 1 else ""
+        return (f"hardware-KVM lane: {', '.join(parts)} inside the L1 in {self.wall_s:.0f} s "
+                f"(pytest exit {self.rc}{boots})")
 
 
 def l1_initramfs(cache: Path) -> tuple[Path, Path]:
@@ -160,9 +172,10 @@ def job_script(results: Path, pytest_args: list[str], cache: Path, command: str 
            "HOME": "/root",
            "LANG": "C.UTF-8", "VOLT_CACHE": str(cache), "VOLT_LANE": "hw",
            "VOLT_TIMEOUT_SCALE": str(TIMEOUT_SCALE), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(CHECKOUT)}       # this checkout's code, whatever the venv was installed from
+           "PYTHONPATH": str(CHECKOUT),       # this checkout's code, whatever the venv was installed from
+           PROGRESS_ENV: str(results / PROGRESS_FILE), DONE_ENV: str(results / "done")}
     py = CHECKOUT / ".venv" / "bin" / "python"
-    argv = [str(py), "-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-v", "-rfEs", "--durations=20",
+    argv = [str(py), "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.hwlane.progress", "--color=no", "-v", "-rfEs", "--durations=20",
             f"--timeout={PER_TEST_TIMEOUT_S}", "-o", f"faulthandler_timeout={PER_TEST_TIMEOUT_S // 2}", f"--junitxml={results / 'junit.xml'}",
             *pytest_args]
     local = []
@@ -179,25 +192,32 @@ def job_script(results: Path, pytest_args: list[str], cache: Path, command: str 
 
 
 def run_lane(pytest_args: list[str], timeout_s: float, memory_mib: int = 8192, cpus: int = 2,
-             keep: Path | None = None, command: str | None = None) -> LaneResult:
-    """Boot the L1, run pytest inside, bring back its result. Raises LaneError with the reason."""
+             keep: Path | None = None, command: str | None = None,
+             finished: dict[str, str] | None = None) -> LaneResult:
+    """Boot the L1 once, run pytest inside (minus the tests in `finished`), bring back its result.
+
+    `finished` ({node id: outcome}) gains every test that finished inside, even when the L1
+    crashes; the result counts all of them. Raises LaneError (L1Crashed) with the reason."""
     if shutil.which(QEMU) is None:
         raise LaneError(f"{QEMU} is not installed (Debian: apt-get install qemu-system-x86)")
+    finished = {} if finished is None else finished
     cache = default_cache_dir()
     prepare_host(cache)
     vmlinuz, initrd = l1_initramfs(cache)
     results = Path(tempfile.mkdtemp(prefix="volt-hwlane-", dir=keep))
+    (results / "done").write_text("".join(f"{nodeid}\n" for nodeid in finished))
     (results / "job.sh").write_text(job_script(results, pytest_args, cache, command))
     started = time.monotonic()
     console = results / "console.log"
-    _boot_and_wait(qemu_argv(vmlinuz, initrd, results, memory_mib, cpus), console, timeout_s)
+    try:
+        _boot_and_wait(qemu_argv(vmlinuz, initrd, results, memory_mib, cpus), console, timeout_s)
+    finally:
+        finished.update(read_progress(results / PROGRESS_FILE))
     rc_file = results / "rc"
     if not rc_file.is_file():
         raise LaneError("the job inside the L1 ended without an exit status; console: " + str(console))
     result = LaneResult(int(rc_file.read_text().strip() or 1), wall_s=time.monotonic() - started)
-    junit = results / "junit.xml"
-    if junit.is_file():
-        result.counts, result.failed = junit_counts(junit)
+    result.counts, result.failed = outcome_counts(finished)
     if keep is None:
         shutil.rmtree(results, ignore_errors=True)
     return result
@@ -243,27 +263,12 @@ def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
         raise LaneError(f"QEMU exited {code}; last lines: {tail[-5:]}")
 
 
-def junit_counts(path: Path) -> tuple[dict[str, int], list[str]]:
-    """{'passed', 'failed', 'errors', 'skipped'} and the failed test ids from a pytest junit file."""
-    root = ET.parse(path).getroot()
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    failed = []
-    for case in root.iter("testcase"):
-        kinds = {child.tag for child in case}
-        name = f"{case.get('classname')}::{case.get('name')}"
-        if "failure" in kinds:
-            counts["failed"] += 1
-            failed.append(name)
-        elif "error" in kinds:
-            counts["errors"] += 1
-            failed.append(name)
-        elif "skipped" in kinds:
-            counts["skipped"] += 1
-        else:
-            counts["passed"] += 1
-    return counts, failed
-
-
+def outcome_counts(finished: dict[str, str]) -> tuple[dict[str, int], list[str]]:
+    """{'passed', 'failed', 'errors', 'skipped'} and the failed test ids, from {node id: outcome}."""
+    counts = {kind: 0 for kind in ("passed", "failed", "errors", "skipped")}
+    for outcome in finished.values():
+        counts[outcome] += 1
+    return counts, [nodeid for nodeid, outcome in finished.items() if outcome in ("failed", "errors")]
 
 
 def ci_files() -> list[str]:
@@ -271,6 +276,28 @@ def ci_files() -> list[str]:
     of tests/ takes minutes under TCG)."""
     return sorted(str(p.relative_to(CHECKOUT)) for p in (CHECKOUT / "tests").glob("test_*.py")
                   if "pytest.mark.hwlane" in p.read_text())
+
+
+def run_attempts(pytest_args: list[str], timeout_s: float, memory_mib: int, keep: Path | None = None,
+                 command: str | None = None) -> LaneResult:
+    """run_lane, again in a fresh L1 after an L1 panic (up to L1_ATTEMPTS boots within one deadline):
+    the tests that finished before it keep their outcome, the next L1 runs the others."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    finished: dict[str, str] = {}
+    for attempt in range(1, L1_ATTEMPTS + 1):
+        try:
+            result = run_lane(pytest_args, deadline - time.monotonic(), memory_mib, keep=keep, command=command,
+                              finished=finished)
+            result.attempts, result.wall_s = attempt, time.monotonic() - started
+            return result
+        except L1Crashed as e:
+            if attempt == L1_ATTEMPTS or deadline - time.monotonic() < 60:
+                raise LaneError(f"{e} (L1 boot {attempt} of at most {L1_ATTEMPTS}; "
+                                f"{len(finished)} tests had finished)") from None
+            again = "the command again" if command else f"the tests not yet finished ({len(finished)} had)"
+            print(f"hardware-KVM lane: {e}; a fresh L1 runs {again}", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     pytest_args = (["-m", "hwlane", *ci_files()] if args.set == "ci" else []) + parallel + args.pytest_args
     timeout = 60 * (args.timeout_min or (40 if args.set == "ci" else 300))
     try:
-        try:
-            result = run_lane(pytest_args, timeout, args.memory, keep=args.keep, command=args.run)
-        except L1Crashed as e:
-            print(f"hardware-KVM lane: {e}; retrying once", file=sys.stderr)
-            result = run_lane(pytest_args, timeout, args.memory, keep=args.keep, command=args.run)
+        result = run_attempts(pytest_args, timeout, args.memory, keep=args.keep, command=args.run)
     except LaneError as e:
         print(f"hardware-KVM lane FAILED: {e}", file=sys.stderr)
         return 2
@@ -307,4 +330,4 @@ def main(argv: list[str] | None = None) -> int:
     print(result.summary())
     for name in result.failed:
         print(f"  failed in the lane: {name}")
-    return 0 if result.rc == 0 and not result.failed and result.counts.get("passed") else 1
+    return 0 if result.ok() else 1

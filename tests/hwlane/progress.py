@@ -1,0 +1,68 @@
+"""A pytest plugin for the lane: each finished test's outcome goes to a file as it finishes, and a
+second run skips the tests a first run finished.
+
+The L1 is emulated, and under multi-threaded TCG its own kernel now and then panics in its SVM
+entry path. What the tests had already shown must not be lost with it: the host reads this log
+(on the results share, one fsync'd line per test) and boots a fresh L1 for the rest only.
+
+Enabled by `-p tests.hwlane.progress` with $VOLT_LANE_PROGRESS (the log to append to) and,
+optionally, $VOLT_LANE_DONE (a file of node ids, one per line, to deselect).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROGRESS_ENV = "VOLT_LANE_PROGRESS"
+DONE_ENV = "VOLT_LANE_DONE"
+# Worst first: a test's outcome is the worst of its phases (a failed teardown makes it an error).
+OUTCOMES = ("errors", "failed", "passed", "skipped")
+
+
+def phase_outcome(when: str, outcome: str) -> str | None:
+    """What one phase report says about its test: None when it says nothing new."""
+    if outcome == "failed":
+        return "failed" if when == "call" else "errors"
+    if outcome == "skipped":
+        return "skipped"
+    return "passed" if when == "call" else None
+
+
+def read_progress(path: Path) -> dict[str, str]:
+    """{node id: outcome} from a progress log (a torn last line, from a crash, is ignored)."""
+    tests: dict[str, str] = {}
+    if not path.is_file():
+        return tests
+    for line in path.read_text(errors="replace").split("\n")[:-1]:     # only whole lines
+        outcome, _, nodeid = line.partition(" ")
+        if outcome in OUTCOMES and nodeid:
+            old = tests.get(nodeid)
+            tests[nodeid] = outcome if old is None else min(old, outcome, key=OUTCOMES.index)
+    return tests
+
+
+def pytest_collection_modifyitems(config, items):
+    done_file = os.environ.get(DONE_ENV)
+    if not done_file or not Path(done_file).is_file():
+        return
+    done = set(Path(done_file).read_text().splitlines())
+    away = [item for item in items if item.nodeid in done]
+    if away:
+        config.hook.pytest_deselected(items=away)
+        items[:] = [item for item in items if item.nodeid not in done]
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get(PROGRESS_ENV)
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):      # the controller writes, once per report
+        return
+    outcome = phase_outcome(report.when, report.outcome)
+    if outcome is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{outcome} {report.nodeid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
