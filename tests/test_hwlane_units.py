@@ -36,11 +36,28 @@ def test_a_missing_dependency_is_named(tmp_path):
 
 def test_the_job_scales_deadlines_and_runs_this_checkout(tmp_path, monkeypatch):
     monkeypatch.setattr("tests.hwlane.lane.local_trees", lambda results: [])
-    script = job_script(tmp_path, ["-m", "hwlane"], tmp_path / "cache")
+    script = job_script(tmp_path, [["-m", "hwlane and not linux"], ["-m", "hwlane and linux"]], tmp_path / "cache")
     assert "export VOLT_TIMEOUT_SCALE=10" in script and f"export PYTHONPATH={CHECKOUT}" in script
-    assert f"--junitxml={tmp_path / 'junit.xml'}" in script and script.rstrip().endswith(f"> {tmp_path / 'rc'}")
+    assert f"--junitxml={tmp_path / 'junit-1.xml'}" in script and f"--junitxml={tmp_path / 'junit-2.xml'}" in script
+    assert script.count(f"echo $? >> {tmp_path / 'rc'}.part") == 2
+    assert script.rstrip().endswith(f"mv {tmp_path / 'rc'}.part {tmp_path / 'rc'}")
     assert "-p tests.hwlane.progress" in script and f"VOLT_LANE_PROGRESS={tmp_path / 'progress.log'}" in script
-    assert "echo $? >" in job_script(tmp_path, [], tmp_path, command="python benchmarks/linux.py")
+    assert "python benchmarks/linux.py 2>&1; echo $? >>" in job_script(tmp_path, [], tmp_path,
+                                                                      command="python benchmarks/linux.py")
+
+
+def test_real_linux_runs_alone_after_the_rest():
+    from tests.hwlane.lane import lane_phases
+    rest, linux = lane_phases("ci", ["-x"])
+    assert rest[:2] == ["-m", "hwlane and not linux"] and "-n" in rest and rest[-1] == "-x"
+    assert linux[:2] == ["-m", "hwlane and linux"] and "-n" not in linux
+    assert "tests/test_linux_e2e.py" in linux and "tests/test_e2e_policy.py" not in linux
+
+
+def test_the_phases_exit_statuses_combine():
+    from tests.hwlane.lane import combined_rc
+    assert combined_rc("0\n0\n") == 0 and combined_rc("0\n5\n") == 0 and combined_rc("5\n5\n") == 5
+    assert combined_rc("1\n0\n") == 1 and combined_rc("0\n2\n") == 2 and combined_rc("") == 1
 
 
 def test_ci_set_holds_the_guest_booting_files():
@@ -122,3 +139,34 @@ def test_the_lane_gives_up_after_its_last_l1_boot(monkeypatch):
     monkeypatch.setattr(lane, "run_lane", crashing)
     with pytest.raises(lane.LaneError, match=f"L1 boot {lane.L1_ATTEMPTS} of at most {lane.L1_ATTEMPTS}"):
         lane.run_attempts([], 3600, 8192)
+
+
+def fake_qemu(tmp_path, version):
+    usr = tmp_path / "usr"
+    (usr / "bin").mkdir(parents=True)
+    (usr / "share" / "qemu").mkdir(parents=True)
+    binary = usr / "bin" / "qemu-system-x86_64"
+    binary.write_text(f"#!/bin/sh\necho 'QEMU emulator version {version} (Debian 1:{version}+ds-2)'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_the_l1_qemu_named_by_env_runs_with_its_own_firmware(tmp_path, monkeypatch):
+    from tests.hwlane.qemu import lane_qemu
+    binary = fake_qemu(tmp_path, "10.0.2")
+    monkeypatch.setenv("VOLT_LANE_QEMU", str(binary))
+    qemu = lane_qemu(tmp_path / "cache")
+    assert qemu.version == "10.0.2"
+    assert qemu.argv() == [str(binary), "-L", str(tmp_path / "usr" / "share" / "qemu")]
+
+
+def test_an_old_system_qemu_is_passed_over_for_the_cached_backport(tmp_path, monkeypatch):
+    from tests.hwlane import qemu as q
+    old = fake_qemu(tmp_path / "system", "7.2.22")
+    cached = fake_qemu(tmp_path / "cache" / "hwlane" / "qemu-10.0.2", "10.0.2")
+    monkeypatch.delenv("VOLT_LANE_QEMU", raising=False)
+    monkeypatch.setenv("PATH", f"{old.parent}:/usr/bin:/bin")
+    assert q.lane_qemu(tmp_path / "cache").binary == cached
+    young = fake_qemu(tmp_path / "young", "10.1.0")
+    monkeypatch.setenv("PATH", f"{young.parent}:/usr/bin:/bin")
+    assert q.lane_qemu(tmp_path / "cache").binary == young
