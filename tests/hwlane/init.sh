@@ -13,10 +13,11 @@ arg() { for w in $($B cat /proc/cmdline); do case "$w" in "$1="*) $B echo "${w#*
 RESULTS=$(arg lane.results)
 [ -n "$RESULTS" ] || fail "no lane.results= on the kernel command line"
 for m in $($B cat /lib/modules/order); do
-  $B insmod /lib/modules/$m.ko || fail "module load failed: insmod $m"
+  P=$(arg "lane.$m" | $B tr , ' ')     # lane.kvm-amd=vgif=0,avic=0: that module's parameters
+  $B insmod /lib/modules/$m.ko $P || fail "module load failed: insmod $m $P"
 done
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd ($($B dmesg | $B grep -i -m1 -e svm -e kvm))"
-say "modules loaded; kvm_amd nested=$($B cat /sys/module/kvm_amd/parameters/nested) npt=$($B cat /sys/module/kvm_amd/parameters/npt)"
+say "modules loaded; kvm_amd nested=$($B cat /sys/module/kvm_amd/parameters/nested) npt=$($B cat /sys/module/kvm_amd/parameters/npt) vgif=$($B cat /sys/module/kvm_amd/parameters/vgif)"
 $B mkdir -p /host /rw /newroot
 OPTS=trans=virtio,version=9p2000.L,msize=512000
 $B mount -t 9p -o $OPTS,ro,cache=loose hostroot /host || fail "mount of the host's / (9p hostroot) failed"

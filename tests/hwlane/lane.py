@@ -17,7 +17,8 @@ clean. So real-Linux tests run after the rest, alone (lane_phases), and after an
 boots a fresh L1 for the tests that had not finished (tests/hwlane/progress.py logs each outcome
 as it comes), up to L1_ATTEMPTS boots. Single-threaded TCG is worse: there 2-vCPU Linux L2s of
 both VMMs stall at boot. The L1 runs under QEMU from Debian backports when the system's is older
-(tests/hwlane/qemu.py).
+(tests/hwlane/qemu.py). $VOLT_LANE_L1_ARGS adds L1 kernel arguments (lane.kvm-amd=vgif=0 passes
+module parameters; vgif=0 was tried and did not stop the panics).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ TIMEOUT_SCALE = 10
 WORKERS = 2
 PER_TEST_TIMEOUT_S = 900         # one test, in the lane: a hang shows its stack and fails, the rest go on
 BOOT_DEADLINE_S = 240             # QEMU start to "LANE: ready" (about 5-20 s when healthy)
-L1_ATTEMPTS = 3                   # L1 boots per lane run: each after a panic runs only the unfinished tests
+L1_ATTEMPTS = 4                   # L1 boots per lane run: each after a panic runs only the unfinished tests
 PROGRESS_FILE = "progress.log"    # in the results share: one line per finished test (tests/hwlane/progress.py)
 MARKER = "LANE: "
 FAIL_MARKER = "LANE-FAIL: "
@@ -136,7 +137,8 @@ def qemu_argv(qemu: Qemu, vmlinuz: Path, initrd: Path, results: Path, memory_mib
             "-m", str(memory_mib),
             "-smp", str(cpus), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", str(vmlinuz), "-initrd", str(initrd),
-            "-append", f"console=ttyS0 panic=-1 loglevel=4 {L1_KERNEL_ARGS} lane.results={results}",
+            "-append", f"console=ttyS0 panic=-1 loglevel=4 {L1_KERNEL_ARGS} {os.environ.get('VOLT_LANE_L1_ARGS', '')} "
+                       f"lane.results={results}",
             "-virtfs", f"local,path=/,mount_tag=hostroot,readonly=on,{share}",
             "-virtfs", f"local,path={results},mount_tag=results,{share}"]
 
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=["ci", "full"], default="ci",
                         help="ci: the tests that boot guests for snapshots, restore, clones, policies, "
                              "virtio, apply and Linux (marker hwlane); full: the whole suite")
-    parser.add_argument("--timeout-min", type=float, default=None, help="default: 40 (ci), 300 (full)")
+    parser.add_argument("--timeout-min", type=float, default=None, help="default: 50 (ci), 300 (full), for all L1 boots together")
     parser.add_argument("--memory", type=int, default=8192, help="the L1's memory in MiB")
     parser.add_argument("--keep", type=Path, default=None, help="keep the console log and junit file under DIR")
     parser.add_argument("--run", default=None, metavar="COMMAND",
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     phases = lane_phases(args.set, args.pytest_args)
-    timeout = 60 * (args.timeout_min or (40 if args.set == "ci" else 300))
+    timeout = 60 * (args.timeout_min or (50 if args.set == "ci" else 300))
     try:
         result = run_attempts(phases, timeout, args.memory, keep=args.keep, command=args.run)
     except LaneError as e:
