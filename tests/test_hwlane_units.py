@@ -100,6 +100,34 @@ def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
                                                              "failed test_x.py::test_left_failing"]
 
 
+def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
+    """As the lane runs pytest: a triple fault gets one more try (logged as a rerun), any other
+    failure none."""
+    import os
+    import subprocess
+    import sys
+    from tests.hwlane.lane import RERUN_ON
+    from tests.hwlane.progress import read_progress
+    (tmp_path / "test_y.py").write_text(
+        "import pathlib\n"
+        "def test_flaky_emulator(tmp_path_factory):\n"
+        "    mark = pathlib.Path(__file__).with_name('tried')\n"
+        "    if not mark.exists():\n"
+        "        mark.write_text('1')\n"
+        "        raise AssertionError('volt-vmm: guest triple fault (vcpu 0, rip=0xfff0)')\n\n"
+        "def test_ours():\n    assert False, 'a real bug'\n")
+    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "PYTHONPATH": str(CHECKOUT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("VOLT_LANE_DONE", None)
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider", "-q",
+                    "--reruns", "1", "--only-rerun", RERUN_ON, "test_y.py"], cwd=tmp_path, env=env,
+                   capture_output=True, text=True)
+    reruns = []
+    assert read_progress(tmp_path / "p.log", reruns) == {"test_y.py::test_flaky_emulator": "passed",
+                                                         "test_y.py::test_ours": "failed"}
+    assert reruns == ["test_y.py::test_flaky_emulator"]
+
+
 def test_the_lane_passes_only_when_every_test_inside_passed():
     from tests.hwlane.lane import LaneResult
     assert LaneResult(0, {"passed": 3}).ok()

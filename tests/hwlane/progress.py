@@ -20,8 +20,13 @@ DONE_ENV = "VOLT_LANE_DONE"
 OUTCOMES = ("errors", "failed", "passed", "skipped")
 
 
+RERUN = "rerun"        # pytest-rerunfailures ran it again (logged, and reported by the lane)
+
+
 def phase_outcome(when: str, outcome: str) -> str | None:
     """What one phase report says about its test: None when it says nothing new."""
+    if outcome == RERUN:
+        return RERUN
     if outcome == "failed":
         return "failed" if when == "call" else "errors"
     if outcome == "skipped":
@@ -29,13 +34,16 @@ def phase_outcome(when: str, outcome: str) -> str | None:
     return "passed" if when == "call" else None
 
 
-def read_progress(path: Path) -> dict[str, str]:
-    """{node id: outcome} from a progress log (a torn last line, from a crash, is ignored)."""
+def read_progress(path: Path, reruns: list[str] | None = None) -> dict[str, str]:
+    """{node id: outcome} from a progress log (a torn last line, from a crash, is ignored);
+    the ids of tests run again go to `reruns`."""
     tests: dict[str, str] = {}
     if not path.is_file():
         return tests
     for line in path.read_text(errors="replace").split("\n")[:-1]:     # only whole lines
         outcome, _, nodeid = line.partition(" ")
+        if outcome == RERUN and reruns is not None:
+            reruns.append(nodeid)
         if outcome in OUTCOMES and nodeid:
             old = tests.get(nodeid)
             tests[nodeid] = outcome if old is None else min(old, outcome, key=OUTCOMES.index)
