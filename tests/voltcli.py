@@ -64,12 +64,15 @@ class Volt:
         return log.read_text(errors="replace") if log.exists() else ""
 
     def wait_log(self, name: str, marker: str, timeout: float = 30.0) -> str:
-        """Wait until the VM's console log holds `marker` (the log file is the guest's output)."""
+        """Wait until the VM's console log holds `marker` in a whole line, and return the log's
+        whole lines: the guest writes as it goes, so a line read mid-write (`mem-ok 2b2` of
+        `mem-ok 2b2af3acbdd4a84c`, seen in the slow lane) must not count."""
         log = self.home / "vms" / name / "console.log"
         timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace") if log.exists() else ""
+            text = text[:text.rfind("\n") + 1]
             if marker in text:
                 return text
             time.sleep(0.05)   # the marker is written by another process; poll the file
