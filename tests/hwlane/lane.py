@@ -188,7 +188,7 @@ def job_script(results: Path, phases: list[list[str]], cache: Path, command: str
     py = CHECKOUT / ".venv" / "bin" / "python"
     runs = [command] if command else [shlex.join([
         str(py), "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.hwlane.progress", "--color=no", "-v",
-        "-rfEs", "--durations=20", f"--timeout={PER_TEST_TIMEOUT_S}",
+        "-rfEsR", "--durations=20", f"--timeout={PER_TEST_TIMEOUT_S}",
         "-o", f"faulthandler_timeout={PER_TEST_TIMEOUT_S // 2}", f"--junitxml={results / f'junit-{i}.xml'}",
         "--reruns", "1", "--only-rerun", RERUN_ON,
         *args]) for i, args in enumerate(phases, 1)]
