@@ -210,7 +210,7 @@ def job_script(results: Path, phases: list[list[str]], cache: Path, command: str
 def combined_rc(text: str) -> int:
     """One exit status for the phases' (one per line): the first failure, else 0 when any phase
     ran tests, else 5 (pytest's "no tests": every phase had nothing left or nothing selected)."""
-    rcs = [int(word) for word in text.split() if word.lstrip("-").isdigit()] or [1]
+    rcs = [int(word) for word in text.split() if word.isdigit()] or [1]
     bad = [rc for rc in rcs if rc not in (0, 5)]
     return bad[0] if bad else (0 if 0 in rcs else 5)
 

@@ -41,6 +41,10 @@ class Qemu:
         return [str(self.binary), *(arg for d in self.data_dirs for arg in ("-L", str(d)))]
 
 
+def _dotted(version: tuple[int, ...] | None) -> str:
+    return ".".join(map(str, version or ()))
+
+
 def qemu_version(binary: str | Path) -> tuple[int, int, int] | None:
     try:
         out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -54,19 +58,19 @@ def lane_qemu(cache: Path) -> Qemu:
     """The QEMU for the L1: $VOLT_LANE_QEMU, a system QEMU >= MIN_VERSION, else the backport."""
     if os.environ.get("VOLT_LANE_QEMU"):
         binary = Path(os.environ["VOLT_LANE_QEMU"])
-        return Qemu(binary, _data_dirs(binary.parent.parent), ".".join(map(str, qemu_version(binary) or ())))
+        return Qemu(binary, _data_dirs(binary.parent.parent), _dotted(qemu_version(binary)))
     system = shutil.which(BINARY)
     version = qemu_version(system) if system else None
     if version and version[:2] >= MIN_VERSION:
-        return Qemu(Path(system), (), ".".join(map(str, version)))
+        return Qemu(Path(system), (), _dotted(version))
     try:
         return backported_qemu(cache)
     except QemuFetchError as e:
         if not version:
             raise
         print(f"hardware-KVM lane: no QEMU >= {MIN_VERSION[0]} ({e}); the L1 runs under the system's "
-              f"QEMU {'.'.join(map(str, version))}", file=sys.stderr)
-        return Qemu(Path(system), (), ".".join(map(str, version)))
+              f"QEMU {_dotted(version)}", file=sys.stderr)
+        return Qemu(Path(system), (), _dotted(version))
 
 
 def _data_dirs(usr: Path) -> tuple[Path, ...]:
@@ -79,7 +83,7 @@ def backported_qemu(cache: Path) -> Qemu:
     for tree in sorted(root.glob("qemu-*"), key=lambda p: p.stat().st_mtime, reverse=True):
         binary = tree / "usr" / "bin" / BINARY
         if binary.is_file() and (version := qemu_version(binary)):
-            return Qemu(binary, _data_dirs(tree / "usr"), ".".join(map(str, version)))
+            return Qemu(binary, _data_dirs(tree / "usr"), _dotted(version))
     return _fetch(root)
 
 
@@ -113,11 +117,11 @@ def _fetch(root: Path) -> Qemu:
         if not version:
             raise QemuFetchError(f"the {suite} {BINARY} does not run here (missing libraries?): "
                                  f"{subprocess.run(['ldd', str(binary)], capture_output=True, text=True).stdout[-300:]}")
-        final = root / f"qemu-{'.'.join(map(str, version))}"
+        final = root / f"qemu-{_dotted(version)}"
         if not final.exists():
             os.rename(tree, final)
     binary = final / "usr" / "bin" / BINARY
-    return Qemu(binary, _data_dirs(final / "usr"), ".".join(map(str, version)))
+    return Qemu(binary, _data_dirs(final / "usr"), _dotted(version))
 
 
 def _run(args: list[str], cwd: Path) -> None:
