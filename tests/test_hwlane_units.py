@@ -83,6 +83,7 @@ def test_outcomes_survive_a_crash_and_the_worst_phase_counts(tmp_path):
 
 def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
     """A real pytest run with the plugin: tests listed as done are deselected, the rest logged."""
+    from tests.hwlane.progress import read_progress
     import os
     import subprocess
     import sys
@@ -96,8 +97,12 @@ def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider",
                           "-q", "test_x.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "1 deselected" in run.stdout, run.stdout
-    assert (tmp_path / "p.log").read_text().splitlines() == ["passed test_x.py::test_left",
-                                                             "failed test_x.py::test_left_failing"]
+    assert (tmp_path / "p.log").read_text().splitlines() == [
+        "passed test_x.py::test_left", "failed test_x.py::test_left_failing",
+        "why test_x.py::test_left_failing\tassert False"]
+    reasons = {}
+    read_progress(tmp_path / "p.log", reasons=reasons)
+    assert reasons == {"test_x.py::test_left_failing": "assert False"}, "CI shows the lane's last lines: they say why"
 
 
 def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
@@ -141,29 +146,37 @@ def test_an_l1_panic_is_seen_in_the_middle_of_a_pytest_line():
     from tests.hwlane.lane import L1_PANIC
     line = "tests/test_e2e_snapshot.py::test_x [  638.512045] Kernel panic - not syncing: corrupted stack end"
     assert L1_PANIC.search(line) and not L1_PANIC.search("Kernel panic mentioned by a test")
+
+
 def test_after_an_l1_panic_a_fresh_l1_gets_what_had_finished(monkeypatch):
     from tests.hwlane import lane
     seen = []
 
-    def fake_run_lane(pytest_args, timeout_s, memory_mib, keep=None, command=None, finished=None):
-        seen.append(dict(finished))
-        finished["t::a"] = "passed"
+    def fake_run_lane(image, phases, timeout_s, memory_mib, keep=None, command=None, progress=None):
+        seen.append(dict(progress.finished))
+        progress.finished["t::a"] = "passed"
         if len(seen) == 1:
+            progress.reruns.append("t::a")
             raise lane.L1Crashed("the L1 kernel panicked")
-        finished["t::b"] = "passed"
-        return lane.LaneResult(0, *lane.outcome_counts(finished))
+        progress.finished["t::b"] = "failed"
+        progress.reasons["t::b"] = "AssertionError: ('a clock went backwards', ...)"
+        return 1
 
+    monkeypatch.setattr(lane, "prepare_l1", lambda cache: "image")
     monkeypatch.setattr(lane, "run_lane", fake_run_lane)
     result = lane.run_attempts([], 3600, 8192)
-    assert seen == [{}, {"t::a": "passed"}] and result.attempts == 2 and result.counts["passed"] == 2
+    assert seen == [{}, {"t::a": "passed"}] and result.attempts == 2 and result.counts["passed"] == 1
+    assert result.reruns == ["t::a"], "a rerun in the first L1 is still reported"
+    assert result.failed == ["t::b"] and result.reasons == {"t::b": "AssertionError: ('a clock went backwards', ...)"}
 
 
 def test_the_lane_gives_up_after_its_last_l1_boot(monkeypatch):
     from tests.hwlane import lane
 
-    def crashing(*args, finished=None, **kwargs):
+    def crashing(*args, progress=None, **kwargs):
         raise lane.L1Crashed("the L1 kernel panicked")
 
+    monkeypatch.setattr(lane, "prepare_l1", lambda cache: "image")
     monkeypatch.setattr(lane, "run_lane", crashing)
     with pytest.raises(lane.LaneError, match=f"L1 boot {lane.L1_ATTEMPTS} of at most {lane.L1_ATTEMPTS}"):
         lane.run_attempts([], 3600, 8192)

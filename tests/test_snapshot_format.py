@@ -157,3 +157,25 @@ def test_realtime_advance_refuses_a_crafted_capture_time():
         elapsed_ns({"clock": {"saved_at_ns": -10 ** 30, "flags": 0}}, "realtime")
     assert elapsed_ns({"clock": {"saved_at_ns": 10 ** 40, "flags": 0}}, "realtime") == 0
     assert elapsed_ns({"clock": {"saved_at_ns": -1, "flags": 0}}, "continue") == 0
+
+
+def test_the_kvmclock_starts_as_late_as_the_restored_tsc_ran():
+    """The guest TSC runs from its restore; the kvmclock, set after the irqchip and PIT, must
+    carry the time since, or a slow restore leaves the two clocks apart by it."""
+    import time
+    from volt_spec.kvm import structs as s
+    from volt_spec.snapshot.b64 import pack
+    from volt_spec.snapshot.vm_state import restore_vm
+
+    class Vm:
+        def set_irqchip(self, chip): pass
+        def set_pit2(self, pit): pass
+        def set_clock(self, clock): self.clock = clock.clock
+
+    state = {name: pack(s.KvmIrqchip()) for name in ("pic_master", "pic_slave", "ioapic")}
+    state.update(pit2=pack(s.KvmPitState2()), clock={"clock": 10 ** 9, "flags": 0})
+    vm = Vm()
+    restore_vm(vm, state, advance_ns=5, tsc_set_at_ns=time.monotonic_ns() - 40_000_000)
+    assert 10 ** 9 + 5 + 40_000_000 <= vm.clock < 10 ** 9 + 5 + 10 ** 9
+    restore_vm(vm, state, advance_ns=5)
+    assert vm.clock == 10 ** 9 + 5

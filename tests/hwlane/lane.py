@@ -93,6 +93,7 @@ class LaneResult:
     failed: list[str] = field(default_factory=list)
     attempts: int = 1
     reruns: list[str] = field(default_factory=list)     # run again after a guest triple fault
+    reasons: dict[str, str] = field(default_factory=dict)   # node id -> why it failed, one line
 
     def ok(self) -> bool:
         """Every test inside passed (pytest exits 5 when an L1 after a panic had none left to run)."""
@@ -106,6 +107,41 @@ class LaneResult:
         boots += f", {len(self.reruns)} run again after a guest triple fault" if self.reruns else ""
         return (f"hardware-KVM lane: {', '.join(parts)} inside the L1 in {self.wall_s:.0f} s "
                 f"(pytest exit {self.rc}{boots})")
+
+
+@dataclass
+class Progress:
+    """What the L1 boots so far have shown: carried from one L1 to the next."""
+    finished: dict[str, str] = field(default_factory=dict)    # node id -> outcome
+    reruns: list[str] = field(default_factory=list)          # run again after a guest triple fault
+    reasons: dict[str, str] = field(default_factory=dict)    # node id -> why it failed
+
+    def read(self, log: Path) -> None:
+        self.finished.update(read_progress(log, self.reruns, self.reasons))
+
+    def result(self, rc: int, wall_s: float, attempts: int) -> LaneResult:
+        counts, failed = outcome_counts(self.finished)
+        return LaneResult(rc, counts, wall_s, failed, attempts, list(self.reruns),
+                          {nodeid: self.reasons.get(nodeid, "") for nodeid in failed})
+
+
+@dataclass(frozen=True)
+class L1Image:
+    """What boots an L1: the QEMU that runs it, its kernel and initramfs (prepared once per lane)."""
+    qemu: Qemu
+    vmlinuz: Path
+    initrd: Path
+
+
+def prepare_l1(cache: Path) -> L1Image:
+    """Fetch QEMU, the L1's kernel and modules and the test inputs into the cache; build the initramfs."""
+    try:
+        qemu = lane_qemu(cache)
+    except QemuFetchError as e:
+        raise LaneError(f"no QEMU for the L1: {e} (Debian: apt-get install qemu-system-x86)") from None
+    print(f"hardware-KVM lane: the L1 runs under QEMU {qemu.version} ({qemu.binary})", flush=True)
+    prepare_host(cache)
+    return L1Image(qemu, *l1_initramfs(cache))
 
 
 def l1_initramfs(cache: Path) -> tuple[Path, Path]:
@@ -215,41 +251,32 @@ def combined_rc(text: str) -> int:
     return bad[0] if bad else (0 if 0 in rcs else 5)
 
 
-def run_lane(phases: list[list[str]], timeout_s: float, memory_mib: int = 8192, cpus: int = 2,
+def run_lane(image: L1Image, phases: list[list[str]], timeout_s: float, memory_mib: int = 8192, cpus: int = 2,
              keep: Path | None = None, command: str | None = None,
-             finished: dict[str, str] | None = None) -> LaneResult:
-    """Boot the L1 once, run pytest inside (minus the tests in `finished`), bring back its result.
-
-    `finished` ({node id: outcome}) gains every test that finished inside, even when the L1
-    crashes; the result counts all of them. Raises LaneError (L1Crashed) with the reason."""
-    finished = {} if finished is None else finished
-    reruns: list[str] = []
+             progress: Progress | None = None) -> int:
+    """Boot the L1 once, run pytest inside (minus the tests `progress` has finished), return the
+    job's exit status. `progress` gains every test that finished inside, even when the L1
+    crashes. Raises LaneError (L1Crashed) with the reason."""
+    progress = Progress() if progress is None else progress
     cache = default_cache_dir()
-    try:
-        qemu = lane_qemu(cache)
-    except QemuFetchError as e:
-        raise LaneError(f"no QEMU for the L1: {e} (Debian: apt-get install qemu-system-x86)") from None
-    print(f"hardware-KVM lane: the L1 runs under QEMU {qemu.version} ({qemu.binary})", flush=True)
-    prepare_host(cache)
-    vmlinuz, initrd = l1_initramfs(cache)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     results = Path(tempfile.mkdtemp(prefix="volt-hwlane-", dir=keep))
-    (results / "done").write_text("".join(f"{nodeid}\n" for nodeid in finished))
+    (results / "done").write_text("".join(f"{nodeid}\n" for nodeid in progress.finished))
     (results / "job.sh").write_text(job_script(results, phases, cache, command))
-    started = time.monotonic()
     console = results / "console.log"
     try:
-        _boot_and_wait(qemu_argv(qemu, vmlinuz, initrd, results, memory_mib, cpus), console, timeout_s)
+        _boot_and_wait(qemu_argv(image.qemu, image.vmlinuz, image.initrd, results, memory_mib, cpus), console,
+                       timeout_s)
     finally:
-        finished.update(read_progress(results / PROGRESS_FILE, reruns))
+        progress.read(results / PROGRESS_FILE)
     rc_file = results / "rc"
     if not rc_file.is_file():
         raise LaneError("the job inside the L1 ended without an exit status; console: " + str(console))
-    result = LaneResult(combined_rc(rc_file.read_text()), wall_s=time.monotonic() - started)
-    result.counts, result.failed = outcome_counts(finished)
-    result.reruns = reruns
+    rc = combined_rc(rc_file.read_text())
     if keep is None:
         shutil.rmtree(results, ignore_errors=True)
-    return result
+    return rc
 
 
 def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
@@ -329,18 +356,18 @@ def run_attempts(phases: list[list[str]], timeout_s: float, memory_mib: int, kee
     the tests that finished before it keep their outcome, the next L1 runs the others."""
     started = time.monotonic()
     deadline = started + timeout_s
-    finished: dict[str, str] = {}
+    image = prepare_l1(default_cache_dir())
+    progress = Progress()
     for attempt in range(1, L1_ATTEMPTS + 1):
         try:
-            result = run_lane(phases, deadline - time.monotonic(), memory_mib, keep=keep, command=command,
-                              finished=finished)
-            result.attempts, result.wall_s = attempt, time.monotonic() - started
-            return result
+            rc = run_lane(image, phases, deadline - time.monotonic(), memory_mib, keep=keep, command=command,
+                          progress=progress)
+            return progress.result(rc, time.monotonic() - started, attempt)
         except L1Crashed as e:
             if attempt == L1_ATTEMPTS or deadline - time.monotonic() < 60:
                 raise LaneError(f"{e} (L1 boot {attempt} of at most {L1_ATTEMPTS}; "
-                                f"{len(finished)} tests had finished)") from None
-            again = "the command again" if command else f"the tests not yet finished ({len(finished)} had)"
+                                f"{len(progress.finished)} tests had finished)") from None
+            again = "the command again" if command else f"the tests not yet finished ({len(progress.finished)} had)"
             print(f"hardware-KVM lane: {e}; a fresh L1 runs {again}", file=sys.stderr)
     raise AssertionError("unreachable")
 
@@ -371,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return result.rc
     print(result.summary())
     for name in result.failed:
-        print(f"  failed in the lane: {name}")
+        why = result.reasons.get(name)
+        print(f"  failed in the lane: {name}" + (f": {why}" if why else ""))
     for name in result.reruns:
         print(f"  run again after a guest triple fault (emulation): {name}")
     return 0 if result.ok() else 1

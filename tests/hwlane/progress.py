@@ -21,6 +21,7 @@ OUTCOMES = ("errors", "failed", "passed", "skipped")
 
 
 RERUN = "rerun"        # pytest-rerunfailures ran it again (logged, and reported by the lane)
+WHY = "why"            # "why <node id>\t<the failure's one line>": CI shows the lane's last lines only
 
 
 def phase_outcome(when: str, outcome: str) -> str | None:
@@ -34,9 +35,18 @@ def phase_outcome(when: str, outcome: str) -> str | None:
     return "passed" if when == "call" else None
 
 
-def read_progress(path: Path, reruns: list[str] | None = None) -> dict[str, str]:
+def failure_line(report) -> str:
+    """The one line that says why a test failed: its crash message's first line, shortened."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def read_progress(path: Path, reruns: list[str] | None = None,
+                  reasons: dict[str, str] | None = None) -> dict[str, str]:
     """{node id: outcome} from a progress log (a torn last line, from a crash, is ignored);
-    the ids of tests run again go to `reruns`."""
+    the ids of tests run again go to `reruns`, why each failed to `reasons`."""
     tests: dict[str, str] = {}
     if not path.is_file():
         return tests
@@ -44,6 +54,9 @@ def read_progress(path: Path, reruns: list[str] | None = None) -> dict[str, str]
         outcome, _, nodeid = line.partition(" ")
         if outcome == RERUN and reruns is not None:
             reruns.append(nodeid)
+        if outcome == WHY and reasons is not None:
+            nodeid, _, why = nodeid.partition("\t")
+            reasons[nodeid] = why
         if outcome in OUTCOMES and nodeid:
             old = tests.get(nodeid)
             tests[nodeid] = outcome if old is None else min(old, outcome, key=OUTCOMES.index)
@@ -68,9 +81,12 @@ def pytest_runtest_logreport(report):
     outcome = phase_outcome(report.when, report.outcome)
     if outcome is None:
         return
+    record = f"{outcome} {report.nodeid}\n"
+    if outcome in ("failed", "errors"):
+        record += f"{WHY} {report.nodeid}\t{failure_line(report)}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{outcome} {report.nodeid}\n".encode())
+        os.write(fd, record.encode())
         os.fsync(fd)
     finally:
         os.close(fd)

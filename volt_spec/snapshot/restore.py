@@ -8,6 +8,7 @@ or a different XSAVE size.
 from __future__ import annotations
 
 import os
+import time
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .format import MEMORY_FILE, SnapshotError, parse, read_raw, verify
@@ -73,9 +74,10 @@ def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int
         # Guest RAM registered: MSRs (kvmclock, async PF point into it) and events, then the
         # VM-wide irqchip, PIT and clock.
         advance = elapsed_ns(state["vm"], clock_mode)
+        tsc_set_at = time.monotonic_ns()
         for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
             refused += restore_vcpu_msrs_and_events(vcpu, vstate, advance)
-        restore_vm(machine.vm, state["vm"], advance)
+        restore_vm(machine.vm, state["vm"], advance, tsc_set_at)
     except VcpuStateError as e:
         raise SnapshotError(str(e)) from None
     except (OSError, KeyError, ValueError) as e:

@@ -47,11 +47,14 @@ def elapsed_ns(state: dict, clock_mode: str) -> int:
     return 0
 
 
-def restore_vm(vm: Vm, state: dict, advance_ns: int = 0) -> None:
-    """IRQCHIP, PIT2, then CLOCK: the saved kvmclock moved on by `advance_ns` (see elapsed_ns)."""
+def restore_vm(vm: Vm, state: dict, advance_ns: int = 0, tsc_set_at_ns: int | None = None) -> None:
+    """IRQCHIP, PIT2, then CLOCK: the saved kvmclock moved on by `advance_ns` (see elapsed_ns)
+    and, when the guest TSC was restored at monotonic `tsc_set_at_ns`, by the time since: the
+    TSC has run from then, so the two clocks agree however long the restore between took."""
     for name, _chip in CHIPS:
         vm.set_irqchip(unpack_into(s.KvmIrqchip, state[name]))
     vm.set_pit2(unpack_into(s.KvmPitState2, state["pit2"]))
     clock = s.KvmClockData()
-    clock.clock = int(state["clock"]["clock"]) + advance_ns
+    since_tsc = 0 if tsc_set_at_ns is None else max(0, time.monotonic_ns() - tsc_set_at_ns)
+    clock.clock = int(state["clock"]["clock"]) + advance_ns + since_tsc
     vm.set_clock(clock)
