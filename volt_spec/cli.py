@@ -474,8 +474,12 @@ def host_info() -> None:
 
 
 def main() -> None:
+    from .names import BadName
     try:
         app()
+    except BadName as e:                 # a name that would have become a path outside $VOLT_HOME
+        _err(str(e))
+        sys.exit(rc.USAGE)
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)

@@ -1,10 +1,11 @@
-"""Atomic file writes: a temp file in the same directory, fsync, rename (and fsync the directory)."""
+"""Atomic file writes (a temp file in the same directory, fsync, rename, fsync the directory), and
+opening files that must be regular without ever blocking on a FIFO."""
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
-import tempfile
+import stat
 from pathlib import Path
 
 
@@ -15,11 +16,13 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 def atomic_copy(src: Path, dest: Path, mode: int = 0o644) -> None:
     """Copy `src` to `dest` with the same guarantee."""
+    import shutil
     with open(src, "rb") as inp:
         _atomic(Path(dest), lambda out: shutil.copyfileobj(inp, out), mode)
 
 
 def _atomic(path: Path, fill, mode: int) -> None:
+    import tempfile                     # not at the top: the VMM's restore path imports this module
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -37,3 +40,43 @@ def _atomic(path: Path, fill, mode: int) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+class NotRegularFile(OSError):
+    """A path that should name a regular file names a FIFO, device, socket, directory or symlink."""
+
+
+def open_regular(path: str | os.PathLike, follow: bool = False) -> int:
+    """An O_RDONLY fd of `path` if it is a regular file. Never blocks (O_NONBLOCK: a FIFO planted
+    where a file should be would hang the open) and, unless `follow`, refuses a symlink."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symlink (refused)", str(path)) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else \
+            "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode) else "special file"
+        raise NotRegularFile(errno.EINVAL, f"is a {kind}, not a regular file", str(path))
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int, follow: bool = False) -> bytes:
+    """The bytes of a regular file (see open_regular), at most `limit` + 1 of them (the caller
+    compares the length with `limit` to say "too large")."""
+    fd = open_regular(path, follow)
+    try:
+        chunks, left = [], limit + 1
+        while left > 0:
+            data = os.read(fd, min(left, 1 << 20))
+            if not data:
+                break
+            chunks.append(data)
+            left -= len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -4,19 +4,22 @@ Per VM the result is one of: created | unchanged | configured | replaced | resto
 What needs a new VM (kernel, initrd, cmdline, memory, vCPUs, devices: the spec's
 machine hash) replaces it; everything else (labels, power state, policies) configures it.
 A failed start leaves the earlier state running: on a replace the old VM is brought back.
+A live VMM whose API is slow (busy: a large snapshot) is waited for, never replaced for it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from . import vmctl
 from .home import VmDir, all_vm_names, write_json
-from .observe import FAILED, PAUSED, RUNNING, observe
+from .observe import ALIVE, BUSY, FAILED, observe
 
 CREATED, UNCHANGED, CONFIGURED, REPLACED, RESTORED, DELETED = (
     "created", "unchanged", "configured", "replaced", "restored", "deleted")
+BUSY_WAIT_S = 60.0        # how long apply waits for a live VMM whose API is slow ($VOLT_BUSY_WAIT_S)
 
 
 class Result:
@@ -91,13 +94,40 @@ def plan(spec, home: Path) -> tuple[str, str]:
     obs = observe(vm_dir)
     if spec.running and obs["state"] == FAILED:
         return REPLACED, f"was failed: {obs['reason']}"
-    if spec.running and obs["state"] not in (RUNNING, PAUSED):
+    if spec.running and obs["state"] not in ALIVE:
         return CONFIGURED, "started"
-    if not spec.running and obs["state"] in (RUNNING, PAUSED):
+    if not spec.running and obs["state"] in ALIVE:
         return CONFIGURED, "stopped"
     if applied.get("spec_hash") != spec.spec_hash():
         return CONFIGURED, ""
     return UNCHANGED, ""
+
+
+def busy_wait_s() -> float:
+    return float(os.environ.get("VOLT_BUSY_WAIT_S", BUSY_WAIT_S))
+
+
+def wait_while_busy(vm_dir: VmDir, spec, warn) -> str:
+    """A live VMM whose API is slow is waited for (bounded, and said), not replaced: "" once it
+    answers, else the one-line reason apply gives up with. A change of machine does not wait:
+    that VM is replaced anyway."""
+    applied = vm_dir.read_applied()
+    if applied is None or applied.get("machine_hash") != spec.machine_hash():
+        return ""
+    obs = observe(vm_dir)
+    if obs["state"] != BUSY:
+        return ""
+    limit = busy_wait_s()
+    warn(f"vm/{spec.name} is busy ({obs['reason']}); waiting up to {limit:g} s")
+    deadline = time.monotonic() + limit
+    while obs["state"] == BUSY and time.monotonic() < deadline:
+        obs = observe(vm_dir, api_timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+        if obs["state"] == BUSY:
+            time.sleep(0.05)          # connection refused returns at once: do not spin
+    if obs["state"] != BUSY:
+        return ""
+    return (f"its VMM (pid {obs['pid']}) is alive but its API has not answered for {limit:g} s; not replacing a live "
+            f"VM because it is slow (volt status {spec.name}; volt restore or volt delete to replace it)")
 
 
 def machine_changes(applied: dict, spec) -> list[str]:
@@ -123,6 +153,9 @@ def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result
     vm_dir = VmDir(home, spec.name)
     t0 = time.monotonic()
     with vm_dir.lock():
+        busy = wait_while_busy(vm_dir, spec, warn)
+        if busy:
+            return Result(spec.name, UNCHANGED, error=busy)
         action, detail = plan(spec, home)
         if action == UNCHANGED:
             return Result(spec.name, UNCHANGED)
@@ -188,7 +221,7 @@ def _rollback(vm_dir: VmDir, old: dict | None) -> str:
         vm_dir.remove()
         return "; nothing was created"
     write_json(vm_dir.applied, old)
-    if observe(vm_dir)["state"] in (RUNNING, PAUSED):
+    if observe(vm_dir)["state"] in ALIVE:
         return "; the VM keeps running as before"
     if old.get("running", True):
         try:

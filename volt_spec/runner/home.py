@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..fsutil import atomic_write
+from ..names import VM_NAME, vm_name
 
 
 def volt_home() -> Path:
@@ -51,7 +52,7 @@ class VmDir:
     """The files of one VM under $VOLT_HOME."""
 
     def __init__(self, home: Path, name: str) -> None:
-        self.home, self.name = home, name
+        self.home, self.name = home, vm_name(name)      # BadName before any path is made of it
         self.path = home / "vms" / name
 
     applied = property(lambda self: self.path / "applied.json")
@@ -93,7 +94,10 @@ class VmDir:
 
 
 def all_vm_names(home: Path) -> list[str]:
-    vms = home / "vms"
-    if not vms.is_dir():
+    """The VMs under $VOLT_HOME: real directories named as VMs are, holding an applied.json."""
+    try:
+        entries = list(os.scandir(home / "vms"))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p.name for p in vms.iterdir() if (p / "applied.json").exists())
+    return sorted(e.name for e in entries if VM_NAME.match(e.name) and e.is_dir(follow_symlinks=False)
+                  and os.path.isfile(os.path.join(e.path, "applied.json")))

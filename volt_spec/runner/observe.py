@@ -7,15 +7,17 @@ import time
 from .home import VmDir
 from .procs import is_alive
 
-RUNNING, PAUSED, STOPPED, FAILED = "running", "paused", "stopped", "failed"
+RUNNING, PAUSED, STOPPED, FAILED, BUSY = "running", "paused", "stopped", "failed", "busy"
+ALIVE = (RUNNING, PAUSED, BUSY)          # a VMM process is there: never replaced for being slow
 
 
 def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
     """{state, pid, uptime_s, reason, booted_from} for the VM's current instance.
 
     running/paused: the VMM process (pid + start time, so a reused pid does not count)
-    is alive AND its API socket answers. failed: it died uncleanly, or is alive but deaf.
-    stopped: never started, stopped on purpose, or the guest powered off.
+    is alive AND its API socket answers. busy: it is alive but its API did not answer in
+    time (a large snapshot being written, a host under load): slow is not failed.
+    failed: it died uncleanly. stopped: never started, stopped on purpose, or powered off.
     """
     inst = vm_dir.read_instance()
     applied = vm_dir.read_applied() or {}
@@ -35,7 +37,8 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         try:
             vm = ApiClient(str(vm_dir.api_sock), timeout=api_timeout).get("/vm")
         except (ApiUnavailable, ApiError) as e:
-            out.update(state=FAILED, reason=f"VMM alive but its API does not answer: {e}")
+            out.update(state=BUSY, reason=f"VMM alive, its API did not answer within {api_timeout:g} s "
+                                         f"(a snapshot in progress?): {e}")
             return out
         out["state"] = PAUSED if vm.get("state") == "Paused" else RUNNING
         out["policy"] = vm.get("policy")

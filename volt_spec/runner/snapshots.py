@@ -2,72 +2,73 @@
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
-from ..snapshot.store import disk_usage, new_id, remove
+from ..names import snapshot_id
+from ..snapshot.format import SnapshotError
+from ..snapshot.store import new_id, remove
 from .home import VmDir
-
-ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9._]{0,80}[a-z0-9])?$")
 
 
 class SnapshotCommandError(RuntimeError):
     pass
 
 
+def catalogue(home: Path):
+    from ..snapshot.catalogue import Catalogue
+    return Catalogue(home / "snapshots")
+
+
 def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
-    """One catalogue row; `valid` checks the state CRC (and with deep=True the memory checksum)."""
-    from ..snapshot.format import SnapshotError, read_state
+    """One catalogue row; `valid` checks the state CRC and the memory file's name, type and size
+    (and with deep=True its checksum, recording its fingerprint when it matches)."""
+    from ..snapshot.catalogue import check_memory_file, read
+    from ..snapshot.store import disk_usage
+    snap = read(path, vm)
     row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None,
-           "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": "",
+           "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": snap.reason,
            "machine_hash": None}
     try:
         row["size_bytes"] = disk_usage(str(path))
-        state = read_state(str(path))
-        meta = state.get("meta", {})
+        if snap.state is None:
+            return row
+        meta = snap.meta
         row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"),
-                   logical_bytes=state.get("memory", {}).get("size", 0), paused_ms=meta.get("paused_ms"),
+                   logical_bytes=snap.state.get("memory", {}).get("size", 0), paused_ms=meta.get("paused_ms"),
                    machine_hash=meta.get("machine_hash"))
-        mem = path / state["memory"].get("file", "memory.snap")
-        if not mem.exists():
-            raise SnapshotError("memory.snap is missing")
-        if mem.stat().st_size < int(state["memory"]["size"]):
-            raise SnapshotError(f"memory.snap is {mem.stat().st_size} bytes, {state['memory']['size']} recorded")
+        mem = check_memory_file(snap)
         if deep:
-            from ..snapshot.memory_file import memory_digest
-            want = state["memory"].get("sha256")
-            if want and memory_digest(str(mem), progress) != want:
-                raise SnapshotError("memory.snap does not match the checksum recorded at creation")
+            deep_check(path, mem, snap.state["memory"].get("sha256"), progress)
         row["valid"] = True
-    except (SnapshotError, OSError, KeyError, ValueError, TypeError) as e:
+    except (SnapshotError, OSError, KeyError, ValueError, TypeError, AttributeError) as e:
         row["reason"] = str(e)
     return row
 
 
+def deep_check(path: Path, mem: str, sha256: object, progress=None) -> None:
+    """Read the whole memory file against the recorded checksum; on a match remember its fingerprint."""
+    from ..fsutil import open_regular
+    from ..snapshot.fingerprint import record
+    from ..snapshot.memory_file import memory_digest_fd
+    fd = open_regular(mem)
+    try:
+        if sha256 and memory_digest_fd(fd, progress) != sha256:
+            raise SnapshotError("memory.snap does not match the checksum recorded at creation")
+        if sha256:
+            record(str(path), fd, str(sha256))
+    finally:
+        os.close(fd)
+
+
 def list_snapshots(home: Path, vm: str | None = None) -> list[dict]:
-    root = home / "snapshots"
-    rows = []
-    vms = [vm] if vm else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
-    for name in vms:
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for snap in folder.iterdir():
-            if snap.is_dir() and not snap.name.startswith("."):
-                rows.append(summary(snap, name))
+    rows = [summary(snap.path, snap.vm) for snap in catalogue(home).entries(vm)]
     rows.sort(key=lambda r: (r["created"] or 0, r["id"]))
     return rows
 
 
 def find(home: Path, snap_id: str) -> Path | None:
-    root = home / "snapshots"
-    if not root.is_dir():
-        return None
-    for vm in root.iterdir():
-        candidate = vm / snap_id
-        if candidate.is_dir():
-            return candidate
-    return None
+    return catalogue(home).find(snap_id)
 
 
 def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dict:
@@ -75,9 +76,7 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dic
     from ..api.client import ApiClient, ApiError, ApiUnavailable
     from .vmctl import SNAPSHOT_TIMEOUT_S
     applied = vm_dir.read_applied() or {}
-    snap_id = name or new_id(vm_dir.name)
-    if not ID_RE.match(snap_id):
-        raise SnapshotCommandError(f"snapshot name {snap_id!r}: use lowercase letters, digits, '-', '.', '_'")
+    snap_id = snapshot_id(name or new_id(vm_dir.name))
     dest = vm_dir.snapshots / snap_id
     clear_partials(vm_dir)
     if dest.exists():
@@ -107,35 +106,32 @@ def clear_partials(vm_dir: VmDir) -> None:
 
 def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
     """The snapshot `spec.snapshots.restore` asks for, if valid and compatible: (path, why not)."""
-    from ..snapshot.format import SnapshotError, read_state
+    from ..snapshot.catalogue import check_memory_file, read, snapshot_dirs
     from ..snapshot.restore import check_compatible
     want = (spec.snapshots or {}).get("restore", "latest")
     if want == "never":
         return None, ""
     folder = vm_dir.snapshots
-    if not folder.is_dir():
-        return None, ""
     if want != "latest":
-        candidates = [folder / want]
-        if not candidates[0].is_dir():
+        path = folder / snapshot_id(want)
+        if not path.is_dir() or path.is_symlink():
             return None, f"snapshot {want} not found"
+        candidates = [read(path, vm_dir.name)]
     else:
-        candidates = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        candidates.sort(key=lambda p: (p / "state.json").stat().st_mtime if (p / "state.json").exists() else 0,
-                        reverse=True)
+        candidates = sorted((read(p, vm_dir.name) for p in snapshot_dirs(folder)),
+                            key=lambda s: (s.created, s.id), reverse=True)
     reasons = []
     for snap in candidates:
         try:
-            state = read_state(str(snap))
-            if state.get("meta", {}).get("machine_hash") != spec.machine_hash():
+            if snap.state is None:
+                raise SnapshotError(snap.reason)
+            if snap.meta.get("machine_hash") != spec.machine_hash():
                 raise SnapshotError("taken from a different machine shape (memory, vCPUs, kernel or devices)")
-            check_compatible(state, snap.name)
-            mem = snap / "memory.snap"
-            if not mem.exists() or mem.stat().st_size < int(state["memory"]["size"]):
-                raise SnapshotError("memory.snap is missing or truncated")
-            return snap, ""
+            check_compatible(snap.state, snap.id)
+            check_memory_file(snap)
+            return snap.path, ""
         except (SnapshotError, OSError, KeyError, ValueError) as e:
-            reasons.append(f"{snap.name}: {e}")
+            reasons.append(f"{snap.id}: {e}")
     return None, ("; ".join(reasons[:2]) if reasons else "")
 
 

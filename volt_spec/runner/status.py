@@ -53,20 +53,13 @@ def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
 def last_snapshot(vm_dir: VmDir) -> dict | None:
     """The newest snapshot of a VM: {id, created, trigger} (read from its state.json)."""
     import time
-    from ..snapshot.format import SnapshotError, read_state
-    folder = vm_dir.snapshots
-    if not folder.is_dir():
+    from ..snapshot.catalogue import newest
+    snap = newest(vm_dir.snapshots, vm_dir.name)
+    if snap is None:
         return None
-    snaps = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "state.json").exists()]
-    for snap in sorted(snaps, key=lambda p: (p / "state.json").stat().st_mtime, reverse=True):
-        try:
-            meta = read_state(str(snap)).get("meta", {})
-        except (SnapshotError, OSError):
-            continue
-        created = meta.get("created")
-        return {"id": snap.name, "created": created, "trigger": meta.get("trigger", "manual"),
-                "age_s": round(time.time() - created, 1) if created else None}
-    return None
+    created = snap.created or None
+    return {"id": snap.id, "created": created, "trigger": snap.meta.get("trigger", "manual"),
+            "age_s": round(time.time() - created, 1) if created else None}
 
 
 def collect(home: Path, only: str | None = None) -> list[dict]:

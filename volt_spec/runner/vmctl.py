@@ -46,6 +46,17 @@ def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
     return args
 
 
+def restore_overrides(vm: dict) -> list[str]:
+    """A restore puts every disk and NIC where the applied spec says, never where the snapshot's
+    state.json says (a snapshot is untrusted input: its paths could name any host file)."""
+    args = []
+    for disk in vm.get("disks", []):
+        args += ["--disk-override", f"{disk['name']}={disk['path']}"]
+    for nic in vm.get("network", []):
+        args += ["--tap-override", f"{nic['name']}={nic['tap']}"]
+    return args
+
+
 def policy_for(applied: dict, vm_dir: VmDir) -> dict:
     """What the VMM needs to carry out the spec's snapshot policy by itself."""
     snaps = applied.get("snapshots") or {}
@@ -67,9 +78,10 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
             pass
     if restore_from is not None:
         args = ["--restore", str(restore_from), "--clock", clock, "--api-sock", str(vm_dir.api_sock),
-                "--name", vm_dir.name]
+                "--name", vm_dir.name, *restore_overrides(vm)]
     else:
         args = vmm_args(vm, vm_dir)
+    args += ["--state-dir", str(vm_dir.snapshots)]
     applied = vm_dir.read_applied()
     if applied is not None:
         from .home import write_json

@@ -33,6 +33,16 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def record_fingerprint(snapshot_dir: str, sha256: str) -> None:
+    """The memory file as written, so a restore of it need not read it all (fingerprint.py)."""
+    from .fingerprint import record
+    fd = os.open(os.path.join(snapshot_dir, MEMORY_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        record(snapshot_dir, fd, sha256)
+    finally:
+        os.close(fd)
+
+
 def host_identity() -> dict:
     cpu = cpu_identity()
     return {"kernel": platform.release(), "kvm": kvm_flavour(), "cpu_vendor": cpu["vendor"],
@@ -99,6 +109,7 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
             f.flush()
             os.fsync(f.fileno())
         _fsync_path(os.path.join(tmp, MEMORY_FILE))
+        record_fingerprint(tmp, memory["sha256"])
         _fsync_path(tmp, directory=True)
         os.rename(tmp, dest)
         _fsync_path(parent, directory=True)

@@ -22,6 +22,15 @@ MAX_STATE_BYTES = 64 << 20
 STATE_FILE = "state.json"
 MEMORY_FILE = "memory.snap"
 TOP_LEVEL = {"format", "version", "crc64", "state"}
+# What a snapshot may name as one of its files: [A-Za-z0-9][A-Za-z0-9._-]{0,127} (no '/', no '..').
+# Checked without `re`: this module is on volt-vmm's restore path, which keeps its imports lean.
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_CHARS = _ALNUM | frozenset("._-")
+
+
+def plain_file_name(name: object) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= 128 and name[0] in _ALNUM
+            and all(c in _NAME_CHARS for c in name))
 
 
 class SnapshotError(RuntimeError):
@@ -98,12 +107,27 @@ def read_state(snapshot_dir: str) -> dict:
 
 
 def read_raw(snapshot_dir: str) -> tuple[bytes, str]:
+    """state.json's bytes: a regular file (a FIFO or device planted there is refused, never
+    waited on; a symlink too), read up to one byte past MAX_STATE_BYTES."""
+    from ..fsutil import read_regular
     path = os.path.join(snapshot_dir, STATE_FILE)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATE_BYTES + 1)
+        raw = read_regular(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         raise SnapshotError(f"{snapshot_dir}: no {STATE_FILE} (not a snapshot, or an unfinished one)") from None
     except OSError as e:
-        raise SnapshotError(f"{path}: {e.strerror}") from None
+        raise SnapshotError(f"{path}: {e.strerror or e}") from None
     return raw, path
+
+
+def snapshot_file(snapshot_dir: str, name: object, what: str = "file") -> str:
+    """The path of a file a snapshot names (memory.snap, a disk copy): a plain name inside the
+    snapshot's own directory, never a path (a crafted state.json could name any host file)."""
+    if not plain_file_name(name):
+        raise SnapshotError(f"{snapshot_dir}: the {what} named in state.json ({name!r}) is not a plain file name "
+                            f"in the snapshot's directory")
+    return os.path.join(snapshot_dir, name)
+
+
+def memory_path(snapshot_dir: str, layout: dict) -> str:
+    return snapshot_file(snapshot_dir, layout.get("file", MEMORY_FILE), "memory file")

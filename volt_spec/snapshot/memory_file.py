@@ -190,45 +190,60 @@ def memory_digest(path: str, progress=None) -> str:
     """sha256 over the file's non-zero 2 MiB chunks and their indexes (holes are skipped unread).
 
     `progress(bytes)` is called as the file is covered (for a progress bar)."""
+    from ..fsutil import open_regular
+    fd = open_regular(path)
+    try:
+        return memory_digest_fd(fd, progress)
+    finally:
+        os.close(fd)
+
+
+def memory_digest_fd(fd: int, progress=None) -> str:
+    """memory_digest of an open file (the one a restore mapped, not whatever its path names now)."""
     import hashlib
     h = hashlib.sha256()
     zero = bytes(DIGEST_CHUNK)
-    with open(path, "rb") as f:
-        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data_start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break                                     # ENXIO: only a hole remains
-            hole = os.lseek(fd, data_start, os.SEEK_HOLE)
+    size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        try:
+            data_start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break                                     # ENXIO: only a hole remains
+        hole = os.lseek(fd, data_start, os.SEEK_HOLE)
+        if progress:
+            progress(data_start - pos)
+        chunk = data_start - data_start % DIGEST_CHUNK
+        while chunk < hole:
+            block = os.pread(fd, DIGEST_CHUNK, chunk)
+            if block != zero[:len(block)]:
+                h.update(chunk.to_bytes(8, "little"))
+                h.update(block)
+            chunk += DIGEST_CHUNK
             if progress:
-                progress(data_start - pos)
-            chunk = data_start - data_start % DIGEST_CHUNK
-            while chunk < hole:
-                block = os.pread(fd, DIGEST_CHUNK, chunk)
-                if block != zero[:len(block)]:
-                    h.update(chunk.to_bytes(8, "little"))
-                    h.update(block)
-                chunk += DIGEST_CHUNK
-                if progress:
-                    progress(DIGEST_CHUNK)
-            pos = max(hole, chunk)
+                progress(DIGEST_CHUNK)
+        pos = max(hole, chunk)
     h.update(size.to_bytes(8, "little"))
     return h.hexdigest()
 
 
 def map_memory(path: str, layout: dict) -> GuestMemory:
-    """Map each recorded region of memory.snap MAP_PRIVATE: copy-on-write, loaded on demand."""
+    """Map each recorded region of memory.snap MAP_PRIVATE: copy-on-write, loaded on demand.
+
+    The file must be regular (not a FIFO, device or symlink) and exactly the recorded size: a
+    region past its end would fault the guest, a longer file is not the one written."""
+    from ..fsutil import NotRegularFile, open_regular
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path)
     except FileNotFoundError:
         raise MemoryFileError(f"memory file {path} is missing") from None
+    except NotRegularFile as e:
+        raise MemoryFileError(f"memory file {path} {e.strerror}") from None
     try:                      # the fd stays open: a later snapshot reads the file's extents
         size = os.fstat(fd).st_size
-        if size < int(layout["size"]):
+        if size != int(layout["size"]):
             raise MemoryFileError(f"memory file {path} holds {size} bytes; the snapshot recorded "
-                                  f"{layout['size']} (truncated?)")
+                                  f"{layout['size']} ({'truncated' if size < int(layout['size']) else 'grown'}?)")
         regions = []
         for r in layout["regions"]:
             m = mmap.mmap(fd, int(r["size"]), flags=mmap.MAP_PRIVATE | MAP_NORESERVE,

@@ -1,20 +1,25 @@
 """Start a Machine from a snapshot instead of booting: verify, map memory, put state back.
 
-Refused with a one-line reason, before any VM is created: a CRC mismatch, an unknown
-format version, a missing or short memory file, a different CPU vendor or KVM kind,
-or a different XSAVE size.
+Refused with a one-line reason, before any guest runs: a CRC mismatch, an unknown format
+version, a state whose vCPUs, memory size and regions disagree (or exceed the host), a memory
+file that is missing, not a plain name in the snapshot's directory, not a regular file, not the
+recorded size or not the recorded contents, a different CPU vendor or KVM kind, or a different
+XSAVE size.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
-from .format import MEMORY_FILE, SnapshotError, parse, read_raw, verify
+from .fingerprint import check_memory
+from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .memory_file import MemoryFileError, map_memory
 from .vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
 from .vm_state import elapsed_ns, restore_vm
+
+
+MAX_VCPUS = 254               # as VmConfig.check: x2APIC ids below the broadcast id (one IOAPIC)
 
 
 def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> None:
@@ -33,24 +38,37 @@ def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> 
         raise SnapshotError(f"{where}: XSAVE area of {saved} bytes, this host uses {xsave_size}")
 
 
-def load(snapshot_dir: str, xsave_size: int | None = None):
+def load(snapshot_dir: str, xsave_size: int | None = None, host: tuple[int, int] | None = None,
+         full_check: bool = False):
     """(state, memory mapped MAP_PRIVATE, checks) -- nothing created in KVM yet.
 
-    `checks()` verifies the CRC and the host's compatibility; the caller runs it while
-    KVM registers the memory (a 5 ms ioctl on another thread) and before any vCPU runs,
-    so a bad snapshot is still refused with nothing started. If the memory cannot even be
-    mapped, the CRC is checked first so the reason given is the real one.
+    Before anything is mapped: the state's shape (check_shape) and the memory file's name (a
+    plain name in `snapshot_dir`), type (regular) and exact size. `checks()` verifies the CRC,
+    the host's compatibility and that the memory is what was written (fingerprint.py; in full
+    when `full_check`); the caller runs it while KVM registers the memory (a 5 ms ioctl on
+    another thread) and before any vCPU runs, so a bad snapshot is still refused with nothing
+    started. If the memory cannot even be mapped, the CRC is checked first so the reason given
+    is the real one.
     """
     raw, path = read_raw(snapshot_dir)
     doc, state = parse(raw, path)
+    mapped: list[int] = []                # the memory file's fd, once mapped
 
     def checks() -> None:
         verify(raw, doc, state, path)
         check_compatible(state, snapshot_dir, xsave_size)
+        if mapped:
+            check_memory(snapshot_dir, mapped[0], state["memory"].get("sha256"), force=full_check)
 
     try:
-        memory = map_memory(os.path.join(snapshot_dir, state["memory"].get("file", MEMORY_FILE)),
-                            state["memory"])
+        check_shape(state, snapshot_dir, host)
+        mem_path = memory_path(snapshot_dir, state["memory"])
+    except SnapshotError:
+        verify(raw, doc, state, path)      # a corrupt file: say so rather than what it seems to hold
+        raise
+    try:
+        memory = map_memory(mem_path, state["memory"])
+        mapped.append(memory.regions[0].backing[0])
     except MemoryFileError as e:
         checks()
         raise SnapshotError(str(e)) from None
@@ -58,6 +76,40 @@ def load(snapshot_dir: str, xsave_size: int | None = None):
         checks()
         raise SnapshotError(f"{snapshot_dir}: bad memory layout in state.json ({e})") from None
     return state, memory, checks
+
+
+def check_shape(state: dict, where: str, host: tuple[int, int] | None = None) -> None:
+    """The machine a (still unverified) state describes, consistent with itself and with what
+    this VMM builds: a vCPU state per vCPU, memory.size the recorded MiB, and the memory
+    regions exactly the RAM layout for that size, laid end to end in the file. Anything else
+    would map what was never written, or start a vCPU from reset. `host` is (its memory in
+    MiB, its vCPU limit): a snapshot asking for more is refused before anything is mapped."""
+    from ..boot.layout import MiB, ram_ranges
+    try:
+        meta, memory, vcpus = state["meta"], state["memory"], state["vcpus"]
+        n, mib, size = meta["vcpus"], meta["memory_mib"], memory["size"]
+        regions = [(r["gpa"], r["size"], r["offset"]) for r in memory["regions"]]
+    except (KeyError, TypeError) as e:
+        raise SnapshotError(f"{where}: state.json lacks {e} (not a snapshot this VMM wrote)") from None
+    if not all(type(v) is int for v in (n, mib, size, *(x for r in regions for x in r))):
+        raise SnapshotError(f"{where}: state.json's vCPU count, memory size and regions must be integers")
+    if not isinstance(vcpus, list) or len(vcpus) != n or n < 1:
+        raise SnapshotError(f"{where}: state.json records {n} vCPUs but holds the state of "
+                            f"{len(vcpus) if isinstance(vcpus, list) else 'no'} vCPUs")
+    if mib < 1 or size != mib * MiB:
+        raise SnapshotError(f"{where}: state.json records {mib} MiB of memory but a {size}-byte memory file")
+    want, offset = [], 0
+    for gpa, length in ram_ranges(size):
+        want.append((gpa, length, offset))
+        offset += length
+    if regions != want:
+        raise SnapshotError(f"{where}: state.json's memory regions {regions} are not the RAM layout of "
+                            f"{mib} MiB {want}")
+    host_mib, max_vcpus = host or (0, 0)
+    if host_mib and mib > host_mib:
+        raise SnapshotError(f"{where}: the snapshot's {mib} MiB of memory exceed this host's {host_mib} MiB")
+    if max_vcpus and n > min(max_vcpus, MAX_VCPUS):
+        raise SnapshotError(f"{where}: the snapshot's {n} vCPUs exceed this host's limit ({min(max_vcpus, MAX_VCPUS)})")
 
 
 def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int]:

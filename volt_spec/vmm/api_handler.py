@@ -14,11 +14,31 @@ from ..kvm.flavour import kvm_flavour
 from .machine import InvalidStateTransition, Machine
 
 
+def snapshot_path(body: object, state_dir: str, key: str = "snapshot_path", may_be_root: bool = False) -> str:
+    """The API body's snapshot directory, if absolute and under the VMM's state directory (after
+    resolving symlinks); anything else is a 400. Then a client of the API can write guest memory
+    only where this VMM keeps its state, never over a host file."""
+    from ..names import BadName, inside
+    value = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"{key} must be a non-empty string (an absolute path under {state_dir})")
+    if "\0" in value or not os.path.isabs(value):
+        raise ApiError(400, f"{key} {value!r} must be an absolute path under {state_dir}")
+    if may_be_root and os.path.realpath(value) == os.path.realpath(state_dir):
+        return os.path.realpath(value)
+    try:
+        return inside(state_dir, value, key)
+    except BadName as e:
+        raise ApiError(400, f"{e} (this VMM's state directory; see volt-vmm --state-dir)") from None
+
+
 class VmmApi:
     """The handler object `ApiServer` routes requests to."""
 
-    def __init__(self, machine: Machine, name: str, boot_protocol: str, booted_from: str = "cold") -> None:
+    def __init__(self, machine: Machine, name: str, boot_protocol: str, booted_from: str = "cold",
+                 state_dir: str = "") -> None:
         self.machine = machine
+        self.state_dir = state_dir
         self.name = name
         self.boot_protocol = boot_protocol
         self.booted_from = booted_from
@@ -76,9 +96,10 @@ class VmmApi:
         meta = body.get("meta") or {}
         if not isinstance(meta, dict):
             raise ApiError(400, "meta must be an object")
+        dest = snapshot_path(body, self.state_dir)
         try:
             with self.machine.snapshot_lock:
-                result = create_snapshot(self.machine, body["snapshot_path"], meta, resume=resume is not False)
+                result = create_snapshot(self.machine, dest, meta, resume=resume is not False)
         except SnapshotError as e:
             raise ApiError(400, str(e)) from None
         except OSError as e:
@@ -93,15 +114,17 @@ class VmmApi:
         if path == "/policy" and method == "PUT":
             if not isinstance(body, dict):
                 raise ApiError(400, "the policy must be a JSON object")
-            if self.machine.policy is None:
-                from .policy import PolicyEngine
-                self.machine.policy = PolicyEngine(self.machine, body, self.booted_from)
-                self.machine.add_console_tap(self.machine.policy.on_console)
-            else:
-                try:
+            if body.get("snapshot_dir") is not None:
+                body = dict(body, snapshot_dir=snapshot_path(body, self.state_dir, "snapshot_dir", may_be_root=True))
+            try:
+                if self.machine.policy is None:
+                    from .policy import PolicyEngine
+                    self.machine.policy = PolicyEngine(self.machine, body, self.booted_from)
+                    self.machine.add_console_tap(self.machine.policy.on_console)
+                else:
                     self.machine.policy.set_policy(body)
-                except Exception as e:  # noqa: BLE001 - a bad regex or field: the old policy stays
-                    raise ApiError(400, f"bad policy: {e}") from None
+            except Exception as e:  # noqa: BLE001 - a bad regex or field: the old policy stays
+                raise ApiError(400, f"bad policy: {e}") from None
             return 204, None
         if path == "/policy" and method == "GET":
             return 200, self.machine.policy.status() if self.machine.policy else {}
@@ -175,9 +198,11 @@ class ConfigApi:
         self._once()
         from ..snapshot.format import SnapshotError
         from .main import restore
+        from .main import state_dir
+        source = snapshot_path(body, state_dir(self.opts))
         clock = body.get("clock", "continue")
         try:
-            machine, protocol, booted_from = restore(self.kvm, body["snapshot_path"], clock, self._policy())
+            machine, protocol, booted_from = restore(self.kvm, source, clock, self._policy())
         except (SnapshotError, ValueError) as e:          # ValueError: VirtioError, VmmConfigError
             raise ApiError(400, str(e)) from None
         if body.get("resume_vm") is False:

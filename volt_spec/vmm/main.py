@@ -42,6 +42,10 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
   --restore DIR     start from the snapshot in DIR instead of booting
   --clock MODE      on --restore: continue (default: the guest's clock resumes where
                     it stopped) or realtime (it advances by the time that passed)
+  --verify          on --restore: read the whole memory file and compare its checksum
+                    even when its fingerprint says it is unchanged since last checked
+  --state-dir DIR   the only directory the API may write snapshots to or load them
+                    from (default: the directory of --api-sock)
   --snapshot DIR    client mode: snapshot the VM behind --api-sock into DIR
   --name NAME       the VM's name, reported by GET /vm
   --disk PATH[,ro][,name=NAME]
@@ -71,11 +75,11 @@ example:
 """
 
 _REPEATED = {"--disk", "--net", "--disk-override", "--tap-override"}
-_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd"}
+_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify"}
 _OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
-            "--restore": str, "--snapshot": str, "--clock": str, "--policy": str}
+            "--restore": str, "--snapshot": str, "--clock": str, "--policy": str, "--state-dir": str}
 
 
 class UsageError(Exception):
@@ -206,7 +210,8 @@ def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> 
     Worker(machine.pump_console_input, 0)
     if "api_sock" in opts and server is None:
         try:
-            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from)
+            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from,
+                               state_dir(opts))
         except Exception as e:  # noqa: BLE001 - OSError, SocketInUse: one line either way
             return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: "
                                           f"{getattr(e, 'strerror', None) or e}")
@@ -232,11 +237,16 @@ def start_policy(machine, path: str, booted_from: str) -> None:
     machine.add_console_tap(machine.policy.on_console)
 
 
-def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "cold"):
+def state_dir(opts: dict) -> str:
+    """Where the API may write and load snapshots: --state-dir, else the API socket's directory."""
+    return os.path.abspath(opts.get("state_dir") or os.path.dirname(os.path.abspath(opts["api_sock"])))
+
+
+def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "cold", state: str = ""):
     """Serve the HTTP API (after the vCPUs run, so it never delays the boot)."""
     from ..api.server import ApiServer
     from .api_handler import VmmApi
-    server = ApiServer(path, VmmApi(machine, name, protocol, booted_from))
+    server = ApiServer(path, VmmApi(machine, name, protocol, booted_from, state or os.path.dirname(path)))
     server.start()
     return server
 
@@ -294,7 +304,9 @@ def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None =
     from .machine import Machine
 
     from ..snapshot.format import SnapshotError
-    state, memory, checks = load(snapshot_dir, xsave_size(kvm))
+    from .config import host_memory_mib
+    state, memory, checks = load(snapshot_dir, xsave_size(kvm), (host_memory_mib(), kvm.max_vcpus()),
+                                 full_check=bool((opts or {}).get("verify")))
     try:
         meta, bootinfo = state["meta"], state.get("boot", {})
         config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
@@ -344,7 +356,7 @@ def serve_unconfigured(kvm, opts: dict) -> int:
         return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: {getattr(e, 'strerror', None) or e}")
     handler.started.wait()
     machine, protocol, booted_from = handler.result
-    server.handler = VmmApi(machine, opts.get("name", "vm"), protocol, booted_from)
+    server.handler = VmmApi(machine, opts.get("name", "vm"), protocol, booted_from, state_dir(opts))
     return serve(machine, opts, protocol, booted_from, server=server)
 
 

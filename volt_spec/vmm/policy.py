@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 
 from ..snapshot.format import SnapshotError
 from ..snapshot.store import new_id, remove
@@ -50,6 +51,8 @@ class PolicyEngine:
     # -- configuration -------------------------------------------------------------------------
     def set_policy(self, policy: dict) -> None:
         """Take a (new) policy; a running VM keeps running (PUT /policy)."""
+        from ..names import vm_name
+        vm = vm_name(policy.get("vm", "vm"))          # it names the snapshots: never a path
         triggers = list(policy.get("triggers") or [])
         console = []
         for t in triggers:
@@ -57,7 +60,7 @@ class PolicyEngine:
                 console.append(re.compile(t["match"]))
         with self.lock:
             self.policy = policy
-            self.vm = policy.get("vm", "vm")
+            self.vm = vm
             self.dir = policy.get("snapshot_dir")
             self.triggers = triggers
             self.ready_marker = next((t.get("marker", "VOLT-READY").encode() for t in triggers
@@ -167,42 +170,16 @@ class PolicyEngine:
         return result
 
     def apply_retention(self) -> list[str]:
-        """Delete what the retain rules say (oldest first); returns the ids deleted."""
-        from ..snapshot.format import read_state
-        count = self.retain.get("count")
-        max_age = self.retain.get("maxAgeSeconds")
-        if not self.dir or not os.path.isdir(self.dir) or (count is None and max_age is None):
+        """Delete what the retain rules say (oldest first; snapshot/catalogue.py); returns the ids deleted."""
+        from ..snapshot.catalogue import retention_victims
+        count, max_age = self.retain.get("count"), self.retain.get("maxAgeSeconds")
+        if not self.dir or (count is None and max_age is None):
             return []
-        snaps = []
-        for name in os.listdir(self.dir):
-            path = os.path.join(self.dir, name)
-            if name.startswith(".") or not os.path.isdir(path):
-                continue
+        keep = {self.booted_from.removeprefix("snapshot ")} if self.booted_from.startswith("snapshot ") else set()
+        doomed = retention_victims(Path(self.dir), self.vm, count, max_age, keep, time.time())
+        for path in doomed:
             try:
-                created = float(read_state(path)["meta"]["created"])
-            except (SnapshotError, KeyError, ValueError, OSError):
-                continue                      # not ours to judge: `volt snapshots verify` reports it
-            snaps.append((created, name, path))
-        snaps.sort()
-        if not snaps:
-            return []
-        keep = {snaps[-1][1]}                                          # the newest
-        if self.booted_from.startswith("snapshot "):
-            keep.add(self.booted_from.removeprefix("snapshot "))       # the one in use
-        now = time.time()
-        doomed = []
-        excess = len(snaps) - count if count else 0
-        for created, name, path in snaps:
-            if name in keep:
-                continue
-            too_many = excess > 0
-            too_old = max_age is not None and now - created > max_age
-            if too_many or too_old:
-                doomed.append((name, path))
-                excess -= 1
-        for _name, path in doomed:
-            try:
-                remove(path)
+                remove(str(path))
             except OSError:
                 pass
-        return [n for n, _ in doomed]
+        return [path.name for path in doomed]

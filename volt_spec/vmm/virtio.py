@@ -108,7 +108,8 @@ class LineIrq:
 def copy_file(src: str, dst: str) -> None:
     """dst := src, by reflink when the filesystem allows, else copy_file_range (kernel-side)."""
     import fcntl
-    with open(src, "rb") as fin, open(dst + ".tmp", "wb") as fout:
+    from ..fsutil import open_regular
+    with os.fdopen(open_regular(src), "rb") as fin, open(dst + ".tmp", "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
         except OSError:
@@ -271,7 +272,8 @@ class VirtioDevices:
                         raise VirtioError(f"disk {name}: {target} changed since the snapshot; "
                                           f"restoring over it would not match the guest's memory")
                 else:
-                    copy_file(os.path.join(snapshot_dir, d["copy"]), target)
+                    from ..snapshot.format import snapshot_file
+                    copy_file(snapshot_file(snapshot_dir, d.get("copy"), f"copy of disk {name}"), target)
                 disks.append(DiskConfig(name, target, bool(d.get("read_only"))))
             else:
                 n = entry["net"]

@@ -1,0 +1,146 @@
+"""The snapshot catalogue: every lookup of snapshot directories, in one place, checked.
+
+    <root>/<vm>/<id>/state.json, memory.snap, ...     root: $VOLT_HOME/snapshots
+
+volt lists, finds, picks for restore, reports the last and applies retention through this module;
+so does a VMM's policy, on its one VM's folder. Only a real directory (not a symlink) whose name
+is a VM name (in root) or a snapshot id (in a VM's folder) is looked at: hidden `.partial-` and
+`.deleting-` directories, stray files and anything a name check refuses are skipped, and a name
+from a user is checked (names.py) before it is joined to a path. Files are opened only when
+regular and never block (fsutil.open_regular): a FIFO planted as state.json is reported, not
+waited on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..names import SNAPSHOT_ID, VM_NAME, snapshot_id, vm_name
+from .format import SnapshotError, memory_path, read_state
+
+
+@dataclass
+class Snapshot:
+    """One catalogue entry: its verified state (CRC checked) or why there is none."""
+    id: str
+    vm: str
+    path: Path
+    state: dict | None = None
+    reason: str = ""
+
+    @property
+    def meta(self) -> dict:
+        return (self.state or {}).get("meta", {}) if isinstance((self.state or {}).get("meta"), dict) else {}
+
+    @property
+    def created(self) -> float:
+        value = self.meta.get("created")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _dirs(folder: Path, pattern) -> list[Path]:
+    """Real subdirectories of `folder` (no symlinks) whose names match `pattern`, sorted."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    return sorted(Path(e.path) for e in entries if pattern.match(e.name) and e.is_dir(follow_symlinks=False))
+
+
+def snapshot_dirs(folder: Path) -> list[Path]:
+    """The snapshot directories in one VM's folder."""
+    return _dirs(folder, SNAPSHOT_ID)
+
+
+def read(path: Path, vm: str) -> Snapshot:
+    """The entry for a snapshot directory: its state if the state file is sound."""
+    snap = Snapshot(path.name, vm, path)
+    try:
+        snap.state = read_state(str(path))
+    except SnapshotError as e:
+        snap.reason = str(e)
+    return snap
+
+
+def check_memory_file(snap: Snapshot) -> str:
+    """The memory file's path, if it is named inside the snapshot, regular and the recorded
+    size (SnapshotError otherwise): what a restore maps, checked without reading it."""
+    from ..fsutil import NotRegularFile, open_regular
+    try:
+        layout = snap.state["memory"]
+        path, size = memory_path(str(snap.path), layout), int(layout["size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"bad memory layout in state.json ({e})") from None
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        raise SnapshotError(f"{os.path.basename(path)} is missing") from None
+    except NotRegularFile as e:
+        raise SnapshotError(f"{os.path.basename(path)} {e.strerror}") from None
+    try:
+        actual = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if actual != size:
+        raise SnapshotError(f"{os.path.basename(path)} is {actual} bytes, {size} recorded")
+    return path
+
+
+def newest(folder: Path, vm: str) -> Snapshot | None:
+    """The most recently created snapshot in a VM's folder whose state is sound."""
+    snaps = [s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None]
+    return max(snaps, key=lambda s: (s.created, s.id), default=None)
+
+
+def retention_victims(folder: Path, vm: str, count: int | None, max_age_s: float | None,
+                      keep: set[str], now: float) -> list[Path]:
+    """What the retain rules delete, oldest first: beyond the newest `count`, older than
+    `max_age_s`. Never the newest, never those in `keep` (the one the VM runs from), never one
+    whose state is unsound (`volt snapshots verify` reports it; retention does not judge it)."""
+    snaps = sorted((s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None),
+                   key=lambda s: (s.created, s.id))
+    if not snaps or (count is None and max_age_s is None):
+        return []
+    keep = keep | {snaps[-1].id}
+    excess = len(snaps) - count if count else 0
+    doomed = []
+    for snap in snaps:
+        if snap.id in keep:
+            continue
+        if excess > 0 or (max_age_s is not None and now - snap.created > max_age_s):
+            doomed.append(snap.path)
+            excess -= 1
+    return doomed
+
+
+class Catalogue:
+    """All snapshots under one root ($VOLT_HOME/snapshots): one folder per VM."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, vm: str) -> Path:
+        return self.root / vm_name(vm)
+
+    def path(self, vm: str, snap_id: str) -> Path:
+        return self.folder(vm) / snapshot_id(snap_id)
+
+    def vms(self) -> list[str]:
+        return [p.name for p in _dirs(self.root, VM_NAME)]
+
+    def entries(self, vm: str | None = None) -> list[Snapshot]:
+        """Every snapshot (of one VM, or all), oldest first."""
+        vms = [vm_name(vm)] if vm else self.vms()
+        snaps = [read(p, name) for name in vms for p in snapshot_dirs(self.root / name)]
+        return sorted(snaps, key=lambda s: (s.created, s.id))
+
+    def find(self, snap_id: str) -> Path | None:
+        """The directory of the snapshot with this id, whichever VM took it."""
+        snapshot_id(snap_id)
+        for name in self.vms():
+            candidate = self.root / name / snap_id
+            if candidate.is_dir() and not candidate.is_symlink():
+                return candidate
+        return None

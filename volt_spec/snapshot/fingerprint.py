@@ -1,0 +1,59 @@
+"""Is memory.snap still the file that was checked? A cheap fingerprint says, the checksum decides.
+
+The full check (memory_digest against the sha256 that the CRC-checked state.json records) reads
+every data extent, which a restore in milliseconds cannot pay each time. So when a memory file is
+written or fully verified, its (inode, size, mtime_ns, ctime_ns) and that sha256 are recorded beside
+it in FINGERPRINT_FILE. A restore whose memory file still has them skips the full check; a copy,
+an edit in place, a truncate or a move to another file system changes the inode or ctime (which no
+user call can set back), so the full check runs first and a mismatch refuses the restore.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .format import SnapshotError
+
+FINGERPRINT_FILE = "memory.verified"
+VERSION = "v1"
+
+
+def line(fd: int, sha256: str) -> bytes:
+    """`v1 <inode> <size> <mtime_ns> <ctime_ns> <sha256>`: one line (no json on the restore path)."""
+    st = os.fstat(fd)
+    return f"{VERSION} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {sha256}\n".encode()
+
+
+def record(snapshot_dir: str, fd: int, sha256: str) -> None:
+    """Remember that the file open as `fd` was checked against `sha256` (atomic write)."""
+    from ..fsutil import atomic_write
+    atomic_write(os.path.join(snapshot_dir, FINGERPRINT_FILE), line(fd, sha256), mode=0o600)
+
+
+def matches(snapshot_dir: str, fd: int, sha256: str) -> bool:
+    """The recorded fingerprint is this file's, checked against this checksum."""
+    from ..fsutil import read_regular
+    try:
+        saved = read_regular(os.path.join(snapshot_dir, FINGERPRINT_FILE), 4096)
+    except OSError:
+        return False
+    return saved == line(fd, sha256)
+
+
+def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False) -> str:
+    """Refuse a memory file that is not what the snapshot wrote. Returns how it was checked:
+    "fingerprint" (unchanged since the last full check) or "checksum" (read in full, and the
+    fingerprint recorded again when the directory is writable)."""
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise SnapshotError(f"{snapshot_dir}: state.json records no memory checksum; the memory cannot be checked")
+    if not force and matches(snapshot_dir, fd, sha256):
+        return "fingerprint"
+    from .memory_file import memory_digest_fd
+    if memory_digest_fd(fd) != sha256:
+        raise SnapshotError(f"{snapshot_dir}: the memory file does not match the checksum recorded when it was "
+                            f"written (changed or corrupt); refusing to run a guest on it")
+    try:
+        record(snapshot_dir, fd, sha256)
+    except OSError:
+        pass                     # a read-only snapshot directory: the next restore checks in full again
+    return "checksum"
