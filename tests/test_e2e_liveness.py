@@ -18,7 +18,7 @@ import pytest
 from .timing import scaled
 from .voltcli import spec_text, write
 
-pytestmark = pytest.mark.hwlane
+# Not in the hardware-KVM lane: nothing here depends on the kind of KVM.
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from .test_snapshot_restore import take_snapshot
 from .timing import scaled
 from .vmm_process import VmmProcess
 
-pytestmark = pytest.mark.hwlane
+# Not in the hardware-KVM lane: nothing here depends on the kind of KVM.
 
 
 @pytest.fixture(scope="module")
