@@ -168,3 +168,23 @@ def test_vcpus_must_be_a_positive_integer(tmp_path: pathlib.Path, value: str) ->
                                 memory="128Mi", running="true"))
     specs, errors = load_specs([str(path)], LIMITS)
     assert specs == [] and [(e.line, e.col) for e in errors] == [(6, 10)]
+
+
+def test_the_fast_yaml_path_reads_what_the_round_trip_loader_reads():
+    """Same data, same positions, on every spec in the repository that parses."""
+    import pathlib
+    from volt_spec.schema.source import _fast_documents, _roundtrip_documents, line_count
+    root = pathlib.Path(__file__).resolve().parents[1]
+    files = sorted(root.glob("tests/specs/**/*.yaml")) + sorted(root.glob("examples/vms/*.yaml"))
+    compared = 0
+    for path in files:
+        text = path.read_text()
+        fast = _fast_documents(str(path), text, line_count(text))
+        if fast is None:
+            continue
+        slow, errors = _roundtrip_documents(str(path), text, line_count(text))
+        assert not errors and not fast[1]
+        assert [(d.data, d.start, d.values, d.keys) for d in fast[0]] == \
+               [(d.data, d.start, d.values, d.keys) for d in slow], path
+        compared += 1
+    assert compared >= 60

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .home import VmDir
+from .home import VmDir, write_json
 from .procs import is_alive, kill
 
 START_TIMEOUT_S = 60.0
@@ -84,7 +84,6 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
     args += ["--state-dir", str(vm_dir.snapshots)]
     applied = vm_dir.read_applied()
     if applied is not None:
-        from .home import write_json
         policy_file = vm_dir.path / "policy.json"
         write_json(policy_file, policy_for(applied, vm_dir))
         args += ["--policy", str(policy_file)]
@@ -92,8 +91,8 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
            *vmm_command(), *args]
     env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")
     with open(os.devnull, "rb") as devnull, open(vm_dir.supervisor_log, "ab") as log:
-        subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True,
-                         close_fds=True, env=env)
+        supervisor = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True,
+                                      close_fds=True, env=env)
     client = ApiClient(str(vm_dir.api_sock), timeout=1.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,7 +103,21 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
         if inst and inst.get("generation") == generation and client.ping():
             return inst
         time.sleep(0.01)   # polling the socket/exit record; the VMM reports through them
-    raise VmStartError(f"volt-vmm did not answer on {vm_dir.api_sock} within {timeout:g} s")
+    abandon(vm_dir, generation, supervisor)
+    raise VmStartError(f"volt-vmm did not answer on {vm_dir.api_sock} within {timeout:g} s (it was killed)")
+
+
+def abandon(vm_dir: VmDir, generation: str, supervisor: subprocess.Popen) -> None:
+    """A start that timed out: kill the VMM and the supervisor it started, so nothing keeps
+    running behind a start that was reported failed (and whose directory may be removed)."""
+    inst = vm_dir.read_instance()
+    if inst and inst.get("generation") == generation:
+        write_json(vm_dir.instance, dict(inst, stop_requested=True))
+        kill(inst.get("vmm_pid"), inst.get("vmm_start"), signal.SIGKILL)
+        wait_gone(inst["vmm_pid"], inst.get("vmm_start"), 5.0)
+        wait_exit_record(vm_dir, generation, 5.0)
+    supervisor.kill()
+    supervisor.wait()
 
 
 def stop(vm_dir: VmDir, timeout: float = STOP_TIMEOUT_S) -> str:
@@ -113,7 +126,6 @@ def stop(vm_dir: VmDir, timeout: float = STOP_TIMEOUT_S) -> str:
     if not inst or not is_alive(inst.get("vmm_pid"), inst.get("vmm_start")):
         return "not running"
     from ..api.client import ApiClient, ApiError, ApiUnavailable
-    from .home import write_json
     pid, ticks = inst["vmm_pid"], inst.get("vmm_start")
     write_json(vm_dir.instance, dict(inst, stop_requested=True))
     applied = vm_dir.read_applied() or {}
@@ -135,7 +147,6 @@ def stop(vm_dir: VmDir, timeout: float = STOP_TIMEOUT_S) -> str:
 def kill_now(vm_dir: VmDir) -> None:
     inst = vm_dir.read_instance()
     if inst and is_alive(inst.get("vmm_pid"), inst.get("vmm_start")):
-        from .home import write_json
         write_json(vm_dir.instance, dict(inst, stop_requested=True))
     if inst and kill(inst.get("vmm_pid"), inst.get("vmm_start"), signal.SIGKILL):
         wait_gone(inst["vmm_pid"], inst.get("vmm_start"), 5.0)

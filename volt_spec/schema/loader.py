@@ -14,6 +14,7 @@ from .rules import cross_rules, document_rules
 from .source import Document, load_documents
 
 SPEC_SUFFIXES = (".yaml", ".yml")
+MAX_SPEC_BYTES = 32 << 20        # a spec file larger than this is refused unread (5000 VMs take ~1 MiB)
 
 
 def expand_paths(paths: list[str]) -> tuple[list[str], list[SpecError]]:
@@ -41,13 +42,19 @@ def expand_paths(paths: list[str]) -> tuple[list[str], list[SpecError]]:
 
 
 def _read(file: str) -> tuple[str | None, SpecError | None]:
+    """A spec file's text: a regular file (a FIFO or /dev/zero would block or never end; a
+    symlink to a regular file is fine) of at most MAX_SPEC_BYTES, in UTF-8."""
+    from ..fsutil import read_regular
     try:
-        with open(file, encoding="utf-8") as f:
-            return f.read(), None
-    except UnicodeDecodeError as e:
-        return None, SpecError(file, 1, 1, f"not UTF-8 text (byte {e.start})")
+        raw = read_regular(file, MAX_SPEC_BYTES, follow=True)
     except OSError as e:
         return None, SpecError(file, 0, 0, f"cannot read: {e.strerror or e}")
+    if len(raw) > MAX_SPEC_BYTES:
+        return None, SpecError(file, 0, 0, f"larger than {MAX_SPEC_BYTES >> 20} MiB; not a spec file")
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, SpecError(file, 1, 1, f"not UTF-8 text (byte {e.start})")
 
 
 def _shape_error(doc: Document) -> SpecError | None:

@@ -144,6 +144,9 @@ def convert(doc: Document, error: Any) -> list[SpecError]:
             return _alternatives(doc, error, path)
         case "minLength" if error.validator_value == 1:
             return [SpecError(doc.file, *pos, f"{where}: must not be empty")]
+        case "maxLength":
+            return [SpecError(doc.file, *pos, f"{where}: is {len(error.instance)} characters, longer than "
+                                              f"{error.validator_value}")]
         case _ if custom and kind not in _OWN_WORDING:
             return [SpecError(doc.file, *pos, f"{where}: {describe(error.instance)} {custom}")]
         case _:

@@ -107,9 +107,10 @@ def _triggers(doc: Document) -> list[SpecError]:
     for i, t in enumerate(triggers if isinstance(triggers, list) else []):
         pattern = get(t, "match")
         if get(t, "trigger") == "console" and isinstance(pattern, str):
+            from ..patterns import PatternError, compile_pattern
             try:
-                re.compile(pattern)
-            except (re.error, RecursionError, OverflowError) as e:
+                compile_pattern(pattern)
+            except PatternError as e:
                 out.append(_err(doc, ("spec", "snapshots", "triggers", i, "match"),
                                 f"invalid regular expression: {e}"))
     return out

@@ -1,8 +1,9 @@
 """Reading spec files: YAML documents as plain data, with the line:col of every key and value.
 
-ruamel.yaml's round-trip loader keeps a position for each mapping key/value and sequence item
-(``.lc``); we copy each document into plain dicts/lists/scalars (what JSON Schema checks and what
-gets hashed) and keep those positions in a side table indexed by path.
+Each document is copied into plain dicts/lists/scalars (what JSON Schema checks and what gets
+hashed), with the position of every mapping key/value and sequence item in a side table indexed
+by path: from the composed nodes' marks on the fast path (load_documents), else from ruamel's
+round-trip objects (``.lc``).
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ def line_count(text: str) -> int:
     return max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
 
 
-def clamp(text: str, line: int, col: int) -> Pos:
-    """Keep a parser position inside the file (end-of-stream marks may point one line past it)."""
-    n = line_count(text)
+def clamp(text: str, line: int, col: int, n: int | None = None) -> Pos:
+    """Keep a parser position inside the file (end-of-stream marks may point one line past it).
+    `n`: the file's line_count, when the caller knows it (counting is O(file), per position)."""
+    n = line_count(text) if n is None else n
     if line < 1:
         return 1, 1
     if line > n:
@@ -115,12 +117,13 @@ def _scalar(v: Any) -> Any:
 class _Copier:
     """Copies ruamel's round-trip objects into plain Python, filling a Document's position tables."""
 
-    def __init__(self, doc: Document, text: str) -> None:
+    def __init__(self, doc: Document, text: str, n_lines: int | None = None) -> None:
         self.doc, self.text, self.nodes, self.stack = doc, text, 0, set()
+        self.n_lines = line_count(text) if n_lines is None else n_lines
 
     def _pos(self, obj: Any, kind: str, k: Any) -> Pos | None:
         pos = _lc(obj, kind, k)
-        return None if pos is None else clamp(self.text, *pos)
+        return None if pos is None else clamp(self.text, *pos, self.n_lines)
 
     def copy(self, obj: Any, path: Path) -> Any:
         self.nodes += 1
@@ -189,7 +192,92 @@ def _yaml_error(file: str, text: str, e: Exception) -> SpecError:
 
 
 def load_documents(file: str, text: str) -> tuple[list[Document], list[SpecError]]:
-    """Every document in `text`; a syntax error stops the file but keeps the documents before it."""
+    """Every document in `text`; a syntax error stops the file but keeps the documents before it.
+
+    Plain files take the fast path (libyaml's C parser, when ruamel.yaml.clib is installed: ~10x
+    ruamel's pure-Python round-trip parser); anything else (a syntax error, a duplicate key, a
+    merge key, a custom tag, an alias bomb) is read again by the round-trip loader, whose
+    positions and messages are the reference."""
+    n_lines = line_count(text)
+    fast = _fast_documents(file, text, n_lines)
+    return fast if fast is not None else _roundtrip_documents(file, text, n_lines)
+
+
+def _fast_documents(file: str, text: str, n_lines: int) -> tuple[list[Document], list[SpecError]] | None:
+    from ruamel.yaml import YAML
+    yaml = YAML(typ="safe", pure=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nodes = list(yaml.compose_all(text))
+        docs = []
+        for node in nodes:
+            start = clamp(text, node.start_mark.line + 1, node.start_mark.column + 1, n_lines)
+            doc = Document(file, len(docs), None, start)
+            doc.data = _NodeCopier(doc, text, n_lines, yaml.constructor).copy(node, ())
+            docs.append(doc)
+    except Exception:      # noqa: BLE001 - not a plain file: the round-trip loader says what is wrong
+        return None
+    return (docs, []) if docs else None
+
+
+class _Unusual(Exception):
+    """Something the fast path leaves to the round-trip loader."""
+
+
+_PLAIN_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp", "binary")}
+
+
+class _NodeCopier:
+    """Copies composed YAML nodes into plain Python with their positions (as _Copier does for
+    round-trip objects); raises _Unusual for what only the round-trip loader handles."""
+
+    def __init__(self, doc: Document, text: str, n_lines: int, constructor: Any) -> None:
+        self.doc, self.text, self.n_lines, self.constructor = doc, text, n_lines, constructor
+        self.nodes, self.stack = 0, set()
+
+    def _pos(self, node: Any) -> Pos:
+        return clamp(self.text, node.start_mark.line + 1, node.start_mark.column + 1, self.n_lines)
+
+    def copy(self, node: Any, path: Path) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES or id(node) in self.stack:
+            raise _Unusual
+        kind = node.id
+        if kind == "scalar":
+            if node.tag not in _PLAIN_TAGS:
+                raise _Unusual
+            return _scalar(self.constructor.construct_object(node, deep=True))
+        self.stack.add(id(node))
+        try:
+            if kind == "mapping" and node.tag == "tag:yaml.org,2002:map":
+                return self._mapping(node, path)
+            if kind == "sequence" and node.tag == "tag:yaml.org,2002:seq":
+                return [self._item(item, path + (i,)) for i, item in enumerate(node.value)]
+            raise _Unusual
+        finally:
+            self.stack.discard(id(node))
+
+    def _item(self, node: Any, path: Path) -> Any:
+        self.doc.values[path] = self._pos(node)
+        return self.copy(node, path)
+
+    def _mapping(self, node: Any, path: Path) -> dict:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.id != "scalar" or key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Unusual
+            key = key_text(self.copy(key_node, path))
+            if key in out:
+                raise _Unusual                     # duplicate key: the round-trip loader's error
+            sub = path + (key,)
+            self.doc.keys[sub] = self._pos(key_node)
+            self.doc.values[sub] = self._pos(value_node)
+            out[key] = self.copy(value_node, sub)
+        return out
+
+
+def _roundtrip_documents(file: str, text: str, n_lines: int) -> tuple[list[Document], list[SpecError]]:
     from ruamel.yaml import YAML
     docs: list[Document] = []
     errors: list[SpecError] = []
@@ -202,10 +290,10 @@ def load_documents(file: str, text: str) -> tuple[list[Document], list[SpecError
                 while constructor.composer.check_node():
                     node = constructor.composer.get_node()
                     data = constructor.construct_document(node)
-                    start = clamp(text, node.start_mark.line + 1, node.start_mark.column + 1)
+                    start = clamp(text, node.start_mark.line + 1, node.start_mark.column + 1, n_lines)
                     doc = Document(file, len(docs), None, start)
                     try:
-                        doc.data = _Copier(doc, text).copy(data, ())
+                        doc.data = _Copier(doc, text, n_lines).copy(data, ())
                     except _TooLarge:
                         errors.append(SpecError(file, *start, f"document has more than {MAX_NODES} "
                                                 "nodes once aliases are expanded"))

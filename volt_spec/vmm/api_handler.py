@@ -32,6 +32,43 @@ def snapshot_path(body: object, state_dir: str, key: str = "snapshot_path", may_
         raise ApiError(400, f"{e} (this VMM's state directory; see volt-vmm --state-dir)") from None
 
 
+BOOT_SOURCE_FIELDS = {"kernel_image_path", "initrd_path", "boot_args"}
+MACHINE_CONFIG_FIELDS = {"vcpu_count", "mem_size_mib"}
+CMDLINE_LIMIT = 2047                      # as the spec's schema: x86 COMMAND_LINE_SIZE less its NUL
+
+
+def _known_fields(body: object, known: set[str], what: str) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"{what} must be a JSON object")
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ApiError(400, f"{what}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return body
+
+
+def checked_boot_source(body: object) -> dict:
+    """PUT /boot-source, checked whole by the spec's rules before any of it is kept."""
+    body = _known_fields(body, BOOT_SOURCE_FIELDS, "boot-source")
+    for key in ("kernel_image_path", "initrd_path"):
+        value = body.get(key)
+        if (key == "kernel_image_path" or value is not None) and not (isinstance(value, str) and value
+                                                                      and "\0" not in value):
+            raise ApiError(400, f"boot-source: {key} must be a non-empty path without NUL")
+    args = body.get("boot_args", "")
+    if not isinstance(args, str) or len(args) > CMDLINE_LIMIT or any(ord(c) < 32 or ord(c) == 127 for c in args):
+        raise ApiError(400, f"boot-source: boot_args must be a string of at most {CMDLINE_LIMIT} characters "
+                            f"without NUL, newlines, tabs or other control characters")
+    return dict(body)
+
+
+def checked_machine_config(body: object) -> dict:
+    body = _known_fields(body, MACHINE_CONFIG_FIELDS, "machine-config")
+    for key, value in body.items():
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ApiError(400, f"machine-config: {key} must be a positive integer")
+    return dict(body)
+
+
 class VmmApi:
     """The handler object `ApiServer` routes requests to."""
 
@@ -153,16 +190,11 @@ class ConfigApi:
     def route(self, method: str, path: str, body: dict | None):
         if path == "/boot-source" and method == "PUT":
             self._once()
-            if not isinstance((body or {}).get("kernel_image_path"), str):
-                raise ApiError(400, "boot-source needs kernel_image_path")
-            self.boot_source = dict(body)
+            self.boot_source = checked_boot_source(body)
             return 204, None
         if path == "/machine-config" and method in ("PUT", "PATCH"):
             self._once()
-            for key in ("vcpu_count", "mem_size_mib"):
-                if key in (body or {}) and not (isinstance(body[key], int) and body[key] > 0):
-                    raise ApiError(400, f"{key} must be a positive integer")
-            self.machine_config.update(body or {})
+            self.machine_config.update(checked_machine_config(body))
             return 204, None
         raise ApiError(404, f"no route for {method} {path}")
 

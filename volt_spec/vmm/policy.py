@@ -20,7 +20,6 @@ printed the line, however long the worker took to get there.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -50,25 +49,24 @@ class PolicyEngine:
 
     # -- configuration -------------------------------------------------------------------------
     def set_policy(self, policy: dict) -> None:
-        """Take a (new) policy; a running VM keeps running (PUT /policy)."""
+        """Take a (new) policy, all or nothing: it is checked whole (policy_config.py) and
+        compiled before any of it replaces the old one; a running VM keeps running (PUT /policy)."""
         from ..names import vm_name
+        from .policy_config import check_policy
+        policy = check_policy(policy)
         vm = vm_name(policy.get("vm", "vm"))          # it names the snapshots: never a path
         triggers = list(policy.get("triggers") or [])
         console = []
-        for t in triggers:
-            if t.get("trigger") == "console":
-                console.append(re.compile(t["match"]))
+        if any(t["trigger"] == "console" for t in triggers):
+            from ..patterns import compile_pattern   # RE2: linear time, a pattern never freezes the console
+            console = [compile_pattern(t["match"]) for t in triggers if t["trigger"] == "console"]
+        ready = next((t.get("marker", "VOLT-READY").encode() for t in triggers if t["trigger"] == "ready"), None)
+        intervals = [float(t["everySeconds"]) for t in triggers if t["trigger"] == "interval"]
+        interval = min(intervals) if intervals else None
         with self.lock:
-            self.policy = policy
-            self.vm = vm
-            self.dir = policy.get("snapshot_dir")
-            self.triggers = triggers
-            self.ready_marker = next((t.get("marker", "VOLT-READY").encode() for t in triggers
-                                      if t.get("trigger") == "ready"), None)
-            self.console_res = console
-            intervals = [float(t["everySeconds"]) for t in triggers if t.get("trigger") == "interval"]
-            self.interval = min(intervals) if intervals else None
-            self.next_due = (time.time() + self.interval) if self.interval else None
+            self.policy, self.vm, self.dir, self.triggers = policy, vm, policy.get("snapshot_dir"), triggers
+            self.ready_marker, self.console_res, self.interval = ready, console, interval
+            self.next_due = (time.time() + interval) if interval else None
             self.retain = policy.get("retain") or {}
             self.wake.notify()
 
