@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import time
 import os
 import socket
 import stat
@@ -443,3 +445,59 @@ def test_random_bytes_never_kill_the_server(server: ApiServer, data: bytes) -> N
         s.sendall(b"GET /vm HTTP/1.1\r\nConnection: close\r\n\r\n")
         status, _, body = read_response(s.makefile("rb"))
     assert status == 200 and json.loads(body)["vcpus"] == 2
+
+
+# --- abuse: bounded threads, capped connections, deadlines --------------------------------
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_idle_connections_use_no_threads_and_past_the_cap_get_503(server: ApiServer, client: ApiClient) -> None:
+    from volt_spec.api.server import MAX_CONNECTIONS
+    before = _threads()
+    socks = [raw_connect(server.path) for _ in range(MAX_CONNECTIONS + 20)]
+    try:
+        for s in socks[-10:]:       # the extra connections are refused at once with a 503
+            status, _, body = read_response(s.makefile("rb"))
+            assert status == 503 and "too many connections" in json.loads(body)["fault_message"]
+        assert _threads() <= before, "a thread per connection"
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:                     # the server notices the hang-ups as it polls: then room again
+        try:
+            assert client.get("/vm")["vcpus"] == 2
+            break
+        except ApiError as e:
+            assert e.status == 503 and time.monotonic() < deadline
+            time.sleep(0.05)          # polling another thread's progress: no event to wait on
+
+
+def test_a_client_trickling_its_head_is_dropped_at_the_deadline(server: ApiServer, monkeypatch) -> None:
+    """Slowloris: a byte every 50 ms never idles the socket, but the head's deadline still passes."""
+    import volt_spec.api.server as srv
+    monkeypatch.setattr(srv, "HEAD_TIMEOUT_S", 0.5)
+    with raw_connect(server.path) as s:
+        s.sendall(b"GET /vm HTTP/1.1\r\n")
+        sent = 0
+        try:
+            while sent < 200:                     # 200 x 50 ms = 10 s: far past the deadline
+                s.sendall(b"X")
+                sent += 1
+                time.sleep(0.05)                  # the stimulus: a slow client
+                ready, _, _ = select.select([s], [], [], 0)
+                if ready and s.recv(1) == b"":
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 200, "the server kept a trickling client past its deadline"
+
+
+def test_a_huge_content_length_gets_413(server: ApiServer, client: ApiClient) -> None:
+    with raw_connect(server.path) as s:
+        s.sendall(b"PUT /actions HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+        status, _, body = read_response(s.makefile("rb"))
+    assert status == 413 and "Content-Length" in json.loads(body)["fault_message"]
+    assert client.get("/vm")["vcpus"] == 2

@@ -13,10 +13,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from ruamel.yaml import YAML
 
+from volt_spec.api.errors import ApiError
 from volt_spec.schema import HostLimits, validate_command
 
 from .kvm_required import require_kvm
@@ -150,3 +152,91 @@ def test_a_bad_policy_is_refused_whole_and_the_old_one_stays(policy_api, body):
     assert e.value.status == 400, e.value.message
     assert policy_api.get("/policy")["triggers"] == ["interval"], "part of a refused policy was applied"
     assert policy_api.get("/vm")["state"] == "Running"
+
+
+def _status_field(pid: int, name: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith(name + ":")))
+
+
+MALFORMED = [
+    b"\x00\xff\xfe garbage\r\n\r\n", b"GET /vm\r\n\r\n", b"GET /vm HTTP/2.0\r\n\r\n", b"GET vm HTTP/1.1\r\n\r\n",
+    b"GET /vm HTTP/1.1\r\nno colon\r\n\r\n", b"GET /vm HTTP/1.1\r\n folded: x\r\n\r\n",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b"PUT /actions HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
+    b"PUT /actions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n\r\n", b"GET /vm HTTP/1.1\r\n" + b"".join(b"X-%d: b\r\n" % i for i in range(100)) + b"\r\n",
+    b"GET /vm HTTP/1.1\r\nHost: a\rb\r\n\r\n", b"PUT /actions HTTP/1.1\r\nContent-Length: 9\r\n\r\nnot json!",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", b"PUT /actions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    b'PUT /actions HTTP/1.1\r\nContent-Length: 20\r\n\r\n{"action_type": 42}',
+    b'PUT /actions HTTP/1.1\r\nContent-Length: 24\r\n\r\n{"action_type": "Boom"}',
+    b'PATCH /vm HTTP/1.1\r\nContent-Length: 17\r\n\r\n{"state": "Dead"}',
+    b'PATCH /vm HTTP/1.1\r\nContent-Length: 32\r\n\r\n{"state": "Paused", "extra": 1}',
+    b'PUT /snapshot/create HTTP/1.1\r\nContent-Length: 30\r\n\r\n{"snapshot_path": "/etc/x"}  ',
+    b'PUT /snapshot/create HTTP/1.1\r\nContent-Length: 25\r\n\r\n{"snapshot_path": "rel"} ',
+    b'PUT /snapshot/create HTTP/1.1\r\nContent-Length: 21\r\n\r\n{"snapshot_path": 5} ',
+    b'PUT /snapshot/load HTTP/1.1\r\nContent-Length: 28\r\n\r\n{"snapshot_path": "/tmp/x"} ',
+    b'PUT /policy HTTP/1.1\r\nContent-Length: 12\r\n\r\n{"bogus": 1}',
+    b'PUT /policy HTTP/1.1\r\nContent-Length: 45\r\n\r\n{"triggers": [{"trigger": "interval"}]}     ',
+    b"DELETE /vm HTTP/1.1\r\n\r\n", b"GET /nope HTTP/1.1\r\n\r\n",
+    b"PUT /actions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"action",          # then the client hangs up
+    b"PUT /boot-source HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+]
+
+
+@pytest.fixture
+def real_api(tmp_path):
+    require_kvm()
+    from volt_spec.guest.build import build_guest
+    sock = str(tmp_path / "api.sock")
+    with VmmProcess("--kernel", str(build_guest()), "--cmdline", "volt.ticks=0 volt.tick_ms=200",
+                    "--api-sock", sock) as vmm:
+        vmm.wait_for(r"^tick 1 ")
+        yield vmm, vmm.wait_api(sock), sock
+
+
+def test_malformed_requests_get_4xx_and_the_vmm_answers_after_each(real_api):
+    import socket
+    vmm, api, sock = real_api
+    assert len(MALFORMED) >= 30
+    for raw in MALFORMED:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(scaled(10))
+            s.connect(sock)
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            reply = s.makefile("rb").read()
+        assert reply == b"" or re.match(rb"HTTP/1\.1 4\d\d ", reply), (raw[:60], reply[:200])
+        assert api.get("/vm")["state"] == "Running", raw[:60]
+    assert vmm.proc.poll() is None
+
+
+def test_thousands_of_idle_connections_add_no_threads(real_api):
+    import socket
+    vmm, api, sock = real_api
+    pid = vmm.proc.pid
+    threads, rss = _status_field(pid, "Threads"), _status_field(pid, "VmRSS")
+    conns = []
+    try:
+        for _ in range(2000):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(sock)
+            except BlockingIOError:          # the backlog is full for a moment: the VMM is not
+                s.close()
+                continue
+            conns.append(s)
+        assert _status_field(pid, "Threads") == threads
+        assert _status_field(pid, "VmRSS") - rss < 20 * 1024, "kB grown by idle connections"
+    finally:
+        for s in conns:
+            s.close()
+    deadline = time.monotonic() + scaled(30)
+    while True:
+        try:
+            assert api.get("/vm")["state"] == "Running"
+            break
+        except ApiError as e:
+            assert e.status == 503 and time.monotonic() < deadline
+            time.sleep(0.05)                 # the VMM notices the hang-ups as it polls

@@ -1,21 +1,29 @@
 """HTTP/1.1 server on a Unix stream socket, routing Firecracker-like endpoints.
 
-Runs inside volt-vmm, so it imports only socket, json, os, stat and _thread (no
-http.server, email, threading or typing). One `_thread` accepts; one more serves
-each connection, with keep-alive. Handler calls are serialized by one lock, as
-Firecracker's single API thread serializes requests to its VMM: a handler never
-races itself. Every failure to parse a request becomes a 4xx reply and a closed
-connection, never a dead server.
+Runs inside volt-vmm, so it imports only socket, select, json, os, stat, time, _queue and
+_thread (no http.server, email, threading or typing). A fixed set of threads, whatever the
+clients do: one poller accepts and watches idle keep-alive connections, WORKERS workers each
+serve one readable connection at a time (one request, or a pipelined run of them) and hand it
+back. Open connections are capped (MAX_CONNECTIONS: past it a 503 and a close), and every request
+has deadlines: its head within HEAD_TIMEOUT_S, its body within BODY_TIMEOUT_S, the next request on
+a kept-alive connection within the idle timeout, measured from the first byte read, so a client
+trickling a byte at a time (slowloris) is dropped at the deadline. Handler calls are serialized by
+one lock, as Firecracker's single API thread serializes requests to its VMM: a handler never races
+itself. Every failure to parse a request becomes a 4xx reply and a closed connection, never a dead
+server.
 """
 
 from __future__ import annotations
 
+import _queue
 import _thread
 import errno
 import json
 import os
+import select
 import socket
 import stat
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,12 +38,18 @@ SERVER_VERSION = "0.1.0"
 
 SOCKET_MODE = 0o600
 BIND_UMASK = 0o177  # the socket file is born 0600: no window where others can connect
-LISTEN_BACKLOG = 16
+LISTEN_BACKLOG = 128
 MAX_BODY = 1 << 20  # 1 MiB, Firecracker's default http_api_max_payload_size
 MAX_LINE = 8192  # request line or one header line
 MAX_HEADERS = 64
 MAX_LEADING_BLANK_LINES = 4  # RFC 9112 2.2: ignore stray CRLFs before a request
-IDLE_TIMEOUT_S = 60.0  # a silent or stalled client is dropped after this
+IDLE_TIMEOUT_S = 60.0  # a kept-alive connection with no new request is dropped after this
+HEAD_TIMEOUT_S = 10.0  # a request line and headers must arrive within this (the first request too)
+BODY_TIMEOUT_S = 30.0  # and the body within this after the head
+SEND_TIMEOUT_S = 10.0  # a client that does not read its reply is dropped after this
+WORKERS = 4
+MAX_CONNECTIONS = 64
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is over any limit (and int() of 5000 digits raises)
 LIVE_PROBE_TIMEOUT_S = 0.5
 
 REASONS = {
@@ -82,20 +96,62 @@ class Request:
         self.keep_alive = keep_alive
 
 
+class _Conn:
+    """One client connection and the bytes read from it but not yet parsed."""
+
+    __slots__ = ("sock", "buf", "idle_until")
+
+    def __init__(self, sock: socket.socket, idle_until: float) -> None:
+        self.sock, self.buf, self.idle_until = sock, b"", idle_until
+
+    def fill(self, deadline: float) -> bool:
+        """Read what the client sent next, waiting no later than `deadline`; False at EOF."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def readline(self, deadline: float) -> bytes | None:
+        """One line without its CRLF/LF; None when the client hung up mid-line."""
+        while True:
+            end = self.buf.find(b"\n", 0, MAX_LINE + 1)
+            if end >= 0:
+                line, self.buf = self.buf[:end + 1], self.buf[end + 1:]
+                return _strip_line(line)
+            if len(self.buf) > MAX_LINE:
+                raise _Reject(400, f"line longer than {MAX_LINE} bytes")
+            if not self.fill(deadline):
+                return None
+
+    def read(self, n: int, deadline: float) -> bytes | None:
+        while len(self.buf) < n:
+            if not self.fill(deadline):
+                return None
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+
 class ApiServer:
     """The API socket: bound (0600) on construction, served after start(), removed by close()."""
 
     def __init__(self, path: str, handler: ApiHandler, *, max_body: int = MAX_BODY,
-                 idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT_S, workers: int = WORKERS,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.path = path
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.workers, self.max_connections = workers, max_connections
         self._handler_lock = _thread.allocate_lock()
         self._conns_lock = _thread.allocate_lock()
-        self._conns: set[socket.socket] = set()
+        self._conns: set[socket.socket] = set()       # every open connection (close() hangs up on them)
+        self._ready = _queue.SimpleQueue()            # readable connections, for the workers
+        self._returned: list[_Conn] = []              # kept-alive connections, back to the poller
         self._closing = False
-        self._accepting = _thread.allocate_lock()  # held while the accept loop runs
+        self._polling = _thread.allocate_lock()       # held while the poller runs
         _clear_stale_socket(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -107,28 +163,30 @@ class ApiServer:
             os.chmod(path, SOCKET_MODE)
             self._ino = os.stat(path).st_ino
             self._sock.listen(LISTEN_BACKLOG)
+            self._sock.setblocking(False)
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except BaseException:
             self._sock.close()
             raise
 
     def start(self) -> None:
-        """Accept connections on a background thread."""
-        self._accepting.acquire()
-        _thread.start_new_thread(self._accept_loop, ())
+        """Serve on background threads: the poller and the workers."""
+        self._polling.acquire()
+        _thread.start_new_thread(self._poll_loop, ())
+        for _ in range(self.workers):
+            _thread.start_new_thread(self._work_loop, ())
 
     def close(self) -> None:
         """Stop accepting, hang up on open connections and unlink the socket file."""
         if self._closing:
             return
         self._closing = True
-        try:
-            # Linux wakes a blocked accept() when its listening socket is shut down.
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self._accepting.locked():
-            self._accepting.acquire(True, 5.0)
+        self._wake()
+        if self._polling.locked():
+            self._polling.acquire(True, 5.0)
         self._sock.close()
+        for _ in range(self.workers):
+            self._ready.put(None)
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
@@ -149,44 +207,115 @@ class ApiServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _accept_loop(self) -> None:
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass                      # the pipe is full: the poller is awake anyway
+
+    # -- the poller: accepts, and watches idle connections -------------------------------------
+    def _poll_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        idle: dict[int, _Conn] = {}
         try:
             while not self._closing:
-                try:
-                    conn, _ = self._sock.accept()
-                except OSError as e:
-                    if self._closing or e.errno not in _RETRY_ACCEPT:
-                        return
-                    if e.errno in (errno.EMFILE, errno.ENFILE):
-                        _pause(0.05)  # out of fds: let connections finish
-                    continue
-                with self._conns_lock:
-                    self._conns.add(conn)
-                try:
-                    _thread.start_new_thread(self._serve, (conn,))
-                except RuntimeError:
-                    self._forget(conn)
+                now = time.monotonic()
+                soonest = min((c.idle_until for c in idle.values()), default=now + 60.0)
+                events = poller.poll(max(0, int((soonest - now) * 1000) + 1))
+                for fd, _ in events:
+                    if fd == self._sock.fileno():
+                        self._accept(poller, idle)
+                    elif fd == self._wake_r:
+                        self._take_returned(poller, idle)
+                    elif (conn := idle.pop(fd, None)) is not None:
+                        poller.unregister(fd)
+                        self._ready.put(conn)
+                self._expire(poller, idle, time.monotonic())
         finally:
-            self._accepting.release()
+            for conn in idle.values():
+                self._forget(conn.sock)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._polling.release()
 
-    def _forget(self, conn: socket.socket) -> None:
+    def _accept(self, poller, idle: dict[int, _Conn]) -> None:
+        """Every connection waiting in the backlog (one accept per wakeup lets it overflow)."""
+        while not self._closing:
+            try:
+                sock, _ = self._sock.accept()
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    _pause(0.05)  # out of fds: let connections finish
+                return
+            self._admit(sock, poller, idle)
+
+    def _admit(self, sock: socket.socket, poller, idle: dict[int, _Conn]) -> None:
         with self._conns_lock:
-            self._conns.discard(conn)
-        conn.close()
+            full = len(self._conns) >= self.max_connections
+            if not full:
+                self._conns.add(sock)
+        if full:                      # refuse at once: a 503 the client can read, then hang up
+            try:
+                sock.setblocking(False)
+                sock.send(_response(503, {"fault_message": f"too many connections (at most "
+                                                           f"{self.max_connections})"}, close=True))
+            except OSError:
+                pass
+            sock.close()
+            return
+        conn = _Conn(sock, time.monotonic() + min(self.idle_timeout, HEAD_TIMEOUT_S))
+        idle[sock.fileno()] = conn
+        poller.register(sock.fileno(), select.POLLIN)
 
-    def _serve(self, conn: socket.socket) -> None:
-        """Answer requests on one connection until it closes or a request is refused."""
+    def _take_returned(self, poller, idle: dict[int, _Conn]) -> None:
         try:
-            conn.settimeout(self.idle_timeout)
-            rfile = conn.makefile("rb")
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._conns_lock:
+            returned, self._returned = self._returned, []
+        for conn in returned:
+            idle[conn.sock.fileno()] = conn
+            poller.register(conn.sock.fileno(), select.POLLIN)
+
+    def _expire(self, poller, idle: dict[int, _Conn], now: float) -> None:
+        for fd in [fd for fd, c in idle.items() if c.idle_until <= now]:
+            poller.unregister(fd)
+            self._forget(idle.pop(fd).sock)
+
+    def _forget(self, sock: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.discard(sock)
+        sock.close()
+
+    # -- the workers: one connection at a time ---------------------------------------------------
+    def _work_loop(self) -> None:
+        while True:
+            conn = self._ready.get()
+            if conn is None:
+                return
+            if self._serve(conn):
+                conn.idle_until = time.monotonic() + self.idle_timeout
+                with self._conns_lock:
+                    self._returned.append(conn)
+                self._wake()
+            else:
+                self._forget(conn.sock)
+
+    def _serve(self, conn: _Conn) -> bool:
+        """Answer the requests the client has sent; True to keep the connection for more."""
+        try:
             while not self._closing:
                 try:
-                    request = self._read_request(rfile, conn)
+                    request = self._read_request(conn)
                 except _Reject as e:
-                    conn.sendall(_response(e.status, {"fault_message": e.message}, close=True))
-                    return
+                    self._send(conn, _response(e.status, {"fault_message": e.message}, close=True))
+                    return False
                 if request is None:
-                    return
+                    return False
                 status, payload, allow = self.dispatch(request.method, request.path, request.body)
                 keep = request.keep_alive and not self._closing
                 try:
@@ -194,19 +323,26 @@ class ApiServer:
                 except (TypeError, ValueError) as e:  # the handler returned something not JSON
                     reply = _response(500, {"fault_message": f"unserializable reply: {e}"},
                                       close=not keep)
-                conn.sendall(reply)
+                self._send(conn, reply)
                 if not keep:
-                    return
+                    return False
+                if not conn.buf:
+                    return True           # wait for the next request in the poller, not here
         except (OSError, ValueError):
-            pass  # peer vanished, timed out, or the server is closing
-        finally:
-            self._forget(conn)
+            pass  # peer vanished, missed its deadline, or the server is closing
+        return False
 
-    def _read_request(self, rfile, conn: socket.socket) -> Request | None:
-        """Parse one request; None on a clean or mid-request hang-up."""
+    @staticmethod
+    def _send(conn: _Conn, data: bytes) -> None:
+        conn.sock.settimeout(SEND_TIMEOUT_S)
+        conn.sock.sendall(data)
+
+    def _read_request(self, conn: _Conn) -> Request | None:
+        """Parse one request within its deadlines; None on a clean or mid-request hang-up."""
+        deadline = time.monotonic() + HEAD_TIMEOUT_S
         line = b"\r\n"
         for _ in range(MAX_LEADING_BLANK_LINES + 1):
-            line = _read_line(rfile)
+            line = conn.readline(deadline)
             if line is None:
                 return None
             if line:
@@ -216,7 +352,7 @@ class ApiServer:
         method, path, version = _parse_request_line(line)
         headers = {}
         while True:
-            raw = _read_line(rfile)
+            raw = conn.readline(deadline)
             if raw is None:
                 return None
             if not raw:
@@ -233,9 +369,9 @@ class ApiServer:
             raise _Reject(411, "Transfer-Encoding is not supported; send Content-Length")
         length = _content_length(headers.get("content-length"), self.max_body)
         if length and "100-continue" in headers.get("expect", "").lower():
-            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = rfile.read(length) if length else b""
-        if len(body) < length:
+            self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = conn.read(length, time.monotonic() + BODY_TIMEOUT_S) if length else b""
+        if body is None:
             return None
         tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
         keep_alive = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
@@ -308,10 +444,6 @@ class ApiServer:
         return status, (None if status == 204 else payload), ()
 
 
-_RETRY_ACCEPT = frozenset({errno.EINTR, errno.ECONNABORTED, errno.EMFILE, errno.ENFILE,
-                           errno.ENOBUFS, errno.ENOMEM})
-
-
 def _pause(seconds: float) -> None:
     """Sleep without importing time: wait on a lock nobody releases."""
     lock = _thread.allocate_lock()
@@ -345,13 +477,8 @@ def _clear_stale_socket(path: str) -> None:
         pass
 
 
-def _read_line(rfile) -> bytes | None:
-    """One line without its CRLF/LF; None at end of stream or on a truncated line."""
-    line = rfile.readline(MAX_LINE + 1)
-    if len(line) > MAX_LINE:
-        raise _Reject(400, f"line longer than {MAX_LINE} bytes")
-    if not line.endswith(b"\n"):
-        return None
+def _strip_line(line: bytes) -> bytes:
+    """A line read up to its LF, without CRLF/LF; refuses a stray CR or NUL in the head."""
     line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
     if b"\r" in line or b"\0" in line:
         raise _Reject(400, "stray CR or NUL in request head")
@@ -391,6 +518,8 @@ def _content_length(value: str | None, limit: int) -> int:
         return 0
     if not value.isdigit() or not value.isascii():
         raise _Reject(400, "Content-Length must be a decimal number")
+    if len(value) > MAX_LENGTH_DIGITS:
+        raise _Reject(413, f"Content-Length of {len(value)} digits exceeds the {limit}-byte limit")
     length = int(value)
     if length > limit:
         raise _Reject(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
