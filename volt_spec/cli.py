@@ -480,6 +480,9 @@ def main() -> None:
     except BadName as e:                 # a name that would have become a path outside $VOLT_HOME
         _err(str(e))
         sys.exit(rc.USAGE)
+    except OSError as e:                 # a full disk, an I/O error, a read-only $VOLT_HOME
+        _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        sys.exit(rc.FAILED)
     except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)

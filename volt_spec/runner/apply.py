@@ -182,7 +182,23 @@ def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result
                     _configure_running(vm_dir, spec)
         except vmctl.VmStartError as e:
             return Result(spec.name, action, error=str(e) + _rollback(vm_dir, old))
+        except OSError as e:                 # ENOSPC, EIO, EROFS writing $VOLT_HOME
+            return Result(spec.name, action, error=f"{os_error(e)}" + _rollback_quietly(vm_dir, old))
     return Result(spec.name, action, detail, time.monotonic() - t0)
+
+
+def os_error(e: OSError) -> str:
+    """One line for a failed file operation: what failed and where."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
+
+
+def _rollback_quietly(vm_dir: VmDir, old: dict | None) -> str:
+    """_rollback when the disk may be what failed: its own failure is said, not raised."""
+    try:
+        return _rollback(vm_dir, old)
+    except (OSError, vmctl.VmStartError) as e:
+        return f"; putting back the previous state failed too ({e})"
 
 
 def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tuple[str, str]:

@@ -25,24 +25,70 @@ STDERR_TAIL = 20
 
 
 class ConsoleLog:
-    """Append-only console log, capped in size: the full file rotates to `.1`."""
+    """Append-only console log, capped in size: the full file rotates to `.1`.
+
+    A write that fails (ENOSPC, EIO) loses that output but nothing else: the guest runs on, the
+    supervisor stays, and the next write that succeeds first says how much was lost and why."""
 
     def __init__(self, path: Path, enabled: bool, cap: int = CONSOLE_LOG_MAX) -> None:
         self.path, self.enabled, self.cap = path, enabled, cap
-        self.f = open(path, "ab") if enabled else None
-        self.size = path.stat().st_size if enabled else 0
+        self.fd = self._open() if enabled else None
+        self.size = os.fstat(self.fd).st_size if enabled else 0
+        self.lost, self.error = 0, ""
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def write(self, data: bytes) -> None:
-        if not self.f:
+        if self.fd is None:
             return
+        try:
+            if self.lost:
+                note = f"\n[volt: {self.lost} bytes of console output lost: {self.error}]\n".encode()
+                self._append(note)
+                self.lost, self.error = 0, ""
+            self._append(data)
+        except OSError as e:
+            self.lost += len(data) - getattr(e, "written", 0)
+            self.error = e.strerror or str(e)
+
+    def _append(self, data: bytes) -> None:
+        """Write all of `data` (unbuffered: nothing is held back to fail later); an OSError
+        carries how much of it was written (`written`)."""
         if self.size + len(data) > self.cap:
-            self.f.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self.f = open(self.path, "ab")
-            self.size = 0
-        self.f.write(data)
-        self.f.flush()
-        self.size += len(data)
+            os.close(self.fd)
+            self.fd, self.size = self._open(), 0
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError as e:
+            e.written = done
+            raise
+        finally:
+            self.size += done
+
+
+class ExitReserve:
+    """Disk space set aside at start so the exit record can be written on a full disk: status
+    must say how the VM ended even then. Freed just before the record is written."""
+
+    SIZE = 64 << 10
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, self.SIZE)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class ConsoleHub:
@@ -117,16 +163,30 @@ class Supervisor:
         self.output_hooks: list = []          # callables(bytes) fed with console output (policies)
 
     def run(self) -> int:
+        """Supervise one VMM; exits with an errno when the VM directory cannot be written to
+        before the VMM runs (vmctl reports it), 0 otherwise."""
+        try:
+            self.reserve = ExitReserve(self.vm_dir / ".exit-reserve")
+        except OSError as e:
+            sys.stderr.write(f"supervisor: cannot reserve space for the exit record: {e.strerror}\n")
+            return e.errno or 1
         proc = subprocess.Popen(self.vmm_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True)
         self.proc = proc
-        write_json(self.vm_dir / "instance.json", {
-            "generation": self.generation,
-            "supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid()),
-            "vmm_pid": proc.pid, "vmm_start": start_ticks(proc.pid),
-            "started_at": time.time(), "api_sock": str(self.vm_dir / "api.sock"),
-            "cmd": self.vmm_cmd,
-        })
+        try:
+            write_json(self.vm_dir / "instance.json", {
+                "generation": self.generation,
+                "supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid()),
+                "vmm_pid": proc.pid, "vmm_start": start_ticks(proc.pid),
+                "started_at": time.time(), "api_sock": str(self.vm_dir / "api.sock"),
+                "cmd": self.vmm_cmd,
+            })
+        except OSError as e:                # never leave a VMM running that nobody can find
+            proc.kill()
+            proc.wait()
+            self.reserve.release()
+            sys.stderr.write(f"supervisor: cannot write instance.json: {e.strerror}\n")
+            return e.errno or 1
         hub = ConsoleHub(self.vm_dir / "console.sock", proc.stdin)
         signal.signal(signal.SIGTERM, lambda *_: self._forward(signal.SIGTERM))
         signal.signal(signal.SIGINT, lambda *_: self._forward(signal.SIGTERM))
@@ -153,13 +213,14 @@ class Supervisor:
             pass
 
     def _pump_stderr(self) -> None:
-        with open(self.vm_dir / "supervisor.log", "ab") as log:
-            for raw in self.proc.stderr:
-                log.write(raw)
-                log.flush()
-                line = raw.decode(errors="replace").strip()
-                if line:
-                    self.stderr_tail = (self.stderr_tail + [line])[-STDERR_TAIL:]
+        """The VMM's stderr into supervisor.log; drained even when the log cannot be written
+        (a full disk), or the VMM would block on its next warning."""
+        log = ConsoleLog(self.vm_dir / "supervisor.log", True)
+        for raw in self.proc.stderr:
+            log.write(raw)
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self.stderr_tail = (self.stderr_tail + [line])[-STDERR_TAIL:]
 
     def _record_exit(self, code: int) -> None:
         last = self.stderr_tail[-1].removeprefix("volt-vmm: ") if self.stderr_tail else ""
@@ -169,11 +230,16 @@ class Supervisor:
             reason = last or "guest powered off"
         else:
             reason = last or f"volt-vmm exited with status {code}"
-        write_json(self.vm_dir / "exit.json", {
-            "generation": self.generation, "code": code if code >= 0 else None,
-            "signal": -code if code < 0 else None, "reason": reason, "ended_at": time.time(),
-            "clean": code == 0,
-        })
+        if self.console.lost:
+            reason += f" (console output lost: {self.console.error})"
+        record = {"generation": self.generation, "code": code if code >= 0 else None,
+                  "signal": -code if code < 0 else None, "reason": reason, "ended_at": time.time(),
+                  "clean": code == 0}
+        self.reserve.release()              # the space set aside is what this write may need
+        try:
+            write_json(self.vm_dir / "exit.json", record)
+        except OSError as e:
+            sys.stderr.write(f"supervisor: cannot write exit.json: {e.strerror}; the VM ended: {reason}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

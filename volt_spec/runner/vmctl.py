@@ -102,6 +102,10 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
         inst = vm_dir.read_instance()
         if inst and inst.get("generation") == generation and client.ping():
             return inst
+        if supervisor.poll() is not None and (vm_dir.read_exit() or {}).get("generation") != generation:
+            code = supervisor.returncode
+            why = os.strerror(code) if 0 < code < 256 and code != 1 else f"status {code}"
+            raise VmStartError(f"its supervisor could not start it ({why}; see {vm_dir.supervisor_log})")
         time.sleep(0.01)   # polling the socket/exit record; the VMM reports through them
     abandon(vm_dir, generation, supervisor)
     raise VmStartError(f"volt-vmm did not answer on {vm_dir.api_sock} within {timeout:g} s (it was killed)")
