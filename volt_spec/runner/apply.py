@@ -163,7 +163,7 @@ def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result
         old = vm_dir.read_applied()
         try:
             if action == CREATED:
-                vm_dir.path.mkdir(parents=True, exist_ok=True)
+                vm_dir.ensure()
                 write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
                 if spec.running:
                     action, detail = _start(vm_dir, vm, spec, action, detail, warn)

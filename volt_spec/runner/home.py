@@ -35,7 +35,20 @@ def volt_home() -> Path:
 
 
 def write_json(path: Path, obj: object) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """State files are root's alone (0600): they name paths, pids and the applied spec."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode=0o600)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` and any missing parents created 0700 (mkdir's mode only applies to the last)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    return path
 
 
 def read_json(path: Path) -> dict | None:
@@ -67,6 +80,9 @@ class VmDir:
     def exists(self) -> bool:
         return self.applied.exists()
 
+    def ensure(self) -> Path:
+        return private_dir(self.path)
+
     def read_applied(self) -> dict | None:
         return read_json(self.applied)
 
@@ -83,7 +99,7 @@ class VmDir:
     def lock(self):
         """Serialise commands that change this VM (two applies never start it twice)."""
         lock_path = self.home / "locks" / f"{self.name}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(lock_path.parent)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

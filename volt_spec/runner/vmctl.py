@@ -69,7 +69,7 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
           clock: str = "continue") -> dict:
     """Start a supervised VMM (booting, or restoring `restore_from`) and wait until its API answers."""
     from ..api.client import ApiClient
-    vm_dir.path.mkdir(parents=True, exist_ok=True)
+    vm_dir.ensure()
     generation = f"{time.time_ns():x}"
     for stale in (vm_dir.instance, vm_dir.exit_record):
         try:
@@ -90,7 +90,8 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
     cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, "--",
            *vmm_command(), *args]
     env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")
-    with open(os.devnull, "rb") as devnull, open(vm_dir.supervisor_log, "ab") as log:
+    log_fd = os.open(vm_dir.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(os.devnull, "rb") as devnull, open(log_fd, "ab") as log:
         supervisor = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True,
                                       close_fds=True, env=env)
     client = ApiClient(str(vm_dir.api_sock), timeout=1.0)

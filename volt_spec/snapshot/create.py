@@ -60,7 +60,7 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
     if os.path.exists(dest):
         raise SnapshotError(f"{dest} already exists (snapshots are immutable; pick another name)")
     parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
     try:
         if not hasattr(machine, "msr_indices"):
@@ -104,7 +104,8 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
         }
         if virtio is not None:
             state["virtio"] = virtio
-        with open(os.path.join(tmp, STATE_FILE), "wb") as f:
+        state_fd = os.open(os.path.join(tmp, STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(state_fd, "wb") as f:
             f.write(encode(state))
             f.flush()
             os.fsync(f.fileno())
