@@ -24,14 +24,14 @@ from volt_spec.guest.build import build_guest  # noqa: E402
 from volt_spec.kvm.flavour import kvm_flavour  # noqa: E402
 from volt_spec.runner.vmctl import vmm_command  # noqa: E402
 
-from common import spawn_until  # noqa: E402
+from common import jailed_popen, spawn_until  # noqa: E402
 
 READY = re.compile(rb"VOLT-READY uptime_ms=(\d+)")
 
 
-def time_to_ready(cmd: list[str], timeout: float = 120.0) -> tuple[float, int]:
+def time_to_ready(cmd: list[str], timeout: float = 120.0, popen=None) -> tuple[float, int]:
     """Spawn `cmd`; seconds until a console line has VOLT-READY, and the guest's uptime_ms."""
-    wall, m = spawn_until(cmd, READY, timeout)
+    wall, m = spawn_until(cmd, READY, timeout, popen=popen) if popen else spawn_until(cmd, READY, timeout)
     return wall, int(m.group(1))
 
 
@@ -60,6 +60,10 @@ def main() -> None:
         uptime.append(float(up))
     rows.append(["volt-vmm: spawn -> VOLT-READY", args.runs, *stats_ms(spawn)])
     rows.append(["volt-vmm: KVM_CREATE_VM -> VOLT-READY (guest uptime_ms)", args.runs, *stats_ms(uptime)])
+    time_to_ready(volt, popen=jailed_popen)
+    jailed = [time_to_ready(volt, popen=jailed_popen)[0] * 1000 for _ in range(args.runs)]
+    rows.append(["volt-vmm jailed: spawn -> VOLT-READY", args.runs, *stats_ms(jailed)])
+    jail_cost = statistics.median(jailed) - statistics.median(spawn)
 
     qemu = shutil.which("qemu-system-x86_64")
     ratio = None
@@ -78,6 +82,7 @@ def main() -> None:
                 ratio = statistics.median(spawn) / statistics.median(samples)
     print(f"test guest boot, {args.memory} MiB, {args.vcpus} vCPU(s), KVM: {kvm_flavour()}")
     print(tabulate(rows, headers=["measurement", "runs", "min ms", "median ms", "max ms"]))
+    print(f"the jail costs {jail_cost:.1f} ms of spawn-to-ready (median jailed - median unjailed; target <= 10 ms)")
     if ratio is not None:
         print(f"volt-vmm / qemu microvm spawn-to-ready median: {ratio:.2f}x (target <= 0.80x)")
     else:

@@ -19,11 +19,13 @@ QMP_POLL_S = 0.001
 
 
 def spawn_until(cmd: list[str], pattern: re.Pattern[bytes], timeout: float,
-                after_spawn: Callable[[subprocess.Popen], None] | None = None) -> tuple[float, re.Match]:
-    """Spawn `cmd` (optionally drive it with `after_spawn`); seconds until a whole console line
-    matches `pattern`, and the match. The process is killed afterwards."""
+                after_spawn: Callable[[subprocess.Popen], None] | None = None,
+                popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> tuple[float, re.Match]:
+    """Spawn `cmd` (with `popen`: jailed_popen for a jailed VMM; optionally drive it with
+    `after_spawn`); seconds until a whole console line matches `pattern`, and the match. The
+    process is killed afterwards."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         if after_spawn is not None:
             after_spawn(proc)
@@ -156,3 +158,17 @@ class Qmp:
     def close(self) -> None:
         self.rfile.close()
         self.sock.close()
+
+
+def jailed_popen(cmd: list[str], **popen) -> subprocess.Popen:
+    """Start a volt-vmm command line in its jail, as volt's supervisor does (jail/enter.py): the
+    jail's whole cost (cgroups, namespaces, the root's mounts, dropping root, the seccomp filter)
+    is inside what the caller times."""
+    from volt_spec.jail.enter import spawn
+    from volt_spec.vmm.jailed import jail_for
+    from volt_spec.vmm.main import parse_args, state_dir
+    args = cmd[cmd.index(next(a for a in cmd if a.startswith("--"))):]
+    opts = parse_args(args)
+    config = jail_for(opts, state_dir(opts) if "api_sock" in opts else None)
+    proc, _ = spawn(cmd + ["--seccomp"], config, **popen)
+    return proc

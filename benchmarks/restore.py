@@ -72,7 +72,8 @@ from volt_spec.vmm import main as vmm_main  # noqa: E402
 from volt_spec.vmm.config import VmConfig  # noqa: E402
 from volt_spec.vmm.machine import Machine  # noqa: E402
 
-from common import SPAWN_TIMEOUT_S, Console, Qmp, QMP_POLL_S, median, ms, spawn_until, stats  # noqa: E402
+from common import (SPAWN_TIMEOUT_S, Console, Qmp, QMP_POLL_S, jailed_popen, median, ms, spawn_until,  # noqa: E402
+                    stats)
 
 TICK_CMDLINE = "volt.ticks=0 volt.tick_ms=10"
 MEM_WORKLOAD_MIB = 64
@@ -280,9 +281,10 @@ def bench_library_call(snaps: dict[int, str], runs: int) -> tuple[list[list], li
 # -- processes and console lines ----------------------------------------------------------------
 
 def spawn_to_tick(cmd: list[str], after_spawn: Callable[[subprocess.Popen], None] | None = None,
-                  timeout: float = SPAWN_TIMEOUT_S) -> float:
-    """Spawn `cmd`, optionally drive it (`after_spawn`), return seconds until a `tick` line arrives."""
-    return spawn_until(cmd, TICK_LINE, timeout, after_spawn)[0]
+                  timeout: float = SPAWN_TIMEOUT_S, popen=subprocess.Popen) -> float:
+    """Spawn `cmd` (jailed with popen=jailed_popen), optionally drive it (`after_spawn`), return
+    seconds until a `tick` line arrives."""
+    return spawn_until(cmd, TICK_LINE, timeout, after_spawn, popen=popen)[0]
 
 
 # -- 2-4. volt-vmm snapshots, restores and cold boots -------------------------------------------
@@ -312,10 +314,10 @@ def volt_snapshots(guest: str, work: Path, size: int, cmdline: str, runs: int) -
     return keep, create, paused, disk
 
 
-def volt_restores(snap: str, runs: int) -> list[float]:
+def volt_restores(snap: str, runs: int, popen=subprocess.Popen) -> list[float]:
     cmd = vmm_command() + ["--restore", snap]
-    spawn_to_tick(cmd)
-    return [ms(spawn_to_tick(cmd)) for _ in range(runs)]
+    spawn_to_tick(cmd, popen=popen)
+    return [ms(spawn_to_tick(cmd, popen=popen)) for _ in range(runs)]
 
 
 def volt_cold_boots(guest: str, size: int, runs: int) -> list[float]:
@@ -429,6 +431,9 @@ def main() -> None:
         phase_rows, whole_rows, gap = bench_library_call(mem_snaps, runs)
 
         restore_tick = volt_restores(tick_snap, runs)
+        jailed_tick = volt_restores(tick_snap, runs, popen=jailed_popen)
+        snap_rows.append([f"{sizes[0]} MiB: restore spawn -> first tick, unjailed", runs, *stats(restore_tick)])
+        snap_rows.append([f"{sizes[0]} MiB: restore spawn -> first tick, jailed", runs, *stats(jailed_tick)])
         cold = volt_cold_boots(guest, sizes[0], runs)
         restore_by_size: dict[int, list[float]] = {}
         for size in sizes:
@@ -485,6 +490,9 @@ def main() -> None:
                             f"{qemu_save[size]:.1f} ms", ratio(pause_by_size[size], qemu_save[size]), "<= 1.0",
                             verdict(pause_by_size[size] <= qemu_save[size])])
     targets.append([f"main.restore() - ioctl sum ({small} MiB)", f"{gap:.2f} ms", "", "<= 1 ms", verdict(gap <= 1.0)])
+    jail_cost = median(jailed_tick) - median(restore_tick)
+    targets.append(["the jail's cost, restore spawn -> first tick", f"{median(jailed_tick):.1f} - "
+                    f"{median(restore_tick):.1f} ms", f"{jail_cost:.1f} ms", "<= 10 ms", verdict(jail_cost <= 10)])
     print("\ntargets (medians)")
     print(tabulate(targets, headers=["target", "figures", "ratio", "goal", ""]))
 

@@ -86,7 +86,7 @@ def test_a_full_disk_loses_console_output_not_the_vm_and_logging_resumes(small, 
     volt.wait_log("c", "tick 3 ")
     row = volt.state("c")
     log = volt.home / "vms" / "c" / "console.log"
-    api = ApiClient(str(volt.home / "vms" / "c" / "api.sock"))
+    api = ApiClient(str(volt.home / "vms" / "c" / "run" / "api.sock"))
     fill()
     size = log.stat().st_size
     # the guest goes on printing while nothing more reaches the log (it may fill its last page)

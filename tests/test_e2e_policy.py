@@ -50,7 +50,7 @@ def quiet_snaps(volt, name):
 
 
 def policy_status(volt, name):
-    return ApiClient(str(volt.home / "vms" / name / "api.sock")).get("/vm")["policy"]
+    return ApiClient(str(volt.home / "vms" / name / "run" / "api.sock")).get("/vm")["policy"]
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,6 +23,16 @@ app.add_typer(guest_app, name="guest")
 
 PATHS = typer.Argument(..., help="Spec files or directories (every *.yaml / *.yml in a directory).")
 OUTPUT = typer.Option("table", "-o", "--output", help="table, json or yaml.")
+
+
+NO_JAIL = typer.Option(False, "--no-jail", help="Run the VMMs this command starts without their jail "
+                                                "(debugging only: root, the host's filesystem, no seccomp).")
+
+
+def _no_jail(flag: bool) -> None:
+    if flag:
+        from .runner.vmctl import NO_JAIL_ENV
+        os.environ[NO_JAIL_ENV] = "1"
 
 
 def _err(message: str) -> None:
@@ -68,15 +79,20 @@ def schema() -> None:
 def apply(paths: List[str] = PATHS,
           dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
           prune: bool = typer.Option(False, "--prune",
-                                     help="Delete VMs applied earlier from these paths that they no longer declare.")) -> None:
+                                     help="Delete VMs applied earlier from these paths that they no longer declare."),
+          no_jail: bool = NO_JAIL) -> None:
     """Make the VMs declared in PATHS exist and match their specs (idempotent).
 
     Prints one line per VM: created | unchanged | configured | replaced | restored | deleted.
     Changing memory, vCPUs, kernel, initrd or cmdline replaces the VM; labels, power state
     (spec.running) and snapshot policy are configured in place.
 
+    Every VMM runs in a jail of its own (namespaces, a minimal root, its own uid, no
+    capabilities, a seccomp filter, a cgroup sized by spec.resources).
+
     Example: volt apply examples/vms/hello.yaml
     """
+    _no_jail(no_jail)
     from .runner import apply as ap
     specs = _load(paths)
     home = _home()
@@ -335,11 +351,13 @@ def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file 
 
 @app.command("restore")
 def restore(name: str = typer.Argument(..., help="The VM to replace by a restore."),
-            snapshot_id: Optional[str] = typer.Option(None, "--snapshot", help="Which snapshot (default: newest valid).")) -> None:
+            snapshot_id: Optional[str] = typer.Option(None, "--snapshot", help="Which snapshot (default: newest valid)."),
+            no_jail: bool = NO_JAIL) -> None:
     """Replace a VM by a restore of one of its snapshots (the current instance is stopped).
 
     Example: volt restore hello --snapshot warm
     """
+    _no_jail(no_jail)
     from .runner import vmctl
     from .runner.home import VmDir
     from .runner.snapshots import list_snapshots

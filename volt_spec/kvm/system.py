@@ -17,6 +17,9 @@ MAX_CPUID_ENTRIES = 256
 MAX_MSR_ENTRIES = 1024
 
 
+KVM_FD_ENV = "VOLT_KVM_FD"          # a /dev/kvm fd the jail opened for this VMM (jail/enter.py)
+
+
 class KvmUnavailable(RuntimeError):
     """/dev/kvm is missing or cannot be opened: a one-line reason for the user."""
 
@@ -25,6 +28,11 @@ class Kvm:
     """An open /dev/kvm."""
 
     def __init__(self, path: str = KVM_DEV_PATH) -> None:
+        inherited = os.environ.pop(KVM_FD_ENV, None)
+        if inherited is not None and path == KVM_DEV_PATH:    # opened by the jail before it dropped root
+            self.fd = int(inherited)
+            os.set_inheritable(self.fd, False)
+            return
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -55,7 +55,7 @@ def resolve(spec) -> dict:
     return {"kernel": kernel, "initrd": spec.initrd, "cmdline": cmdline, "boot": spec.boot,
             "memory_mib": spec.memory_mib, "vcpus": spec.vcpus, "serial_log": spec.serial_log,
             "disks": devices.get("disks", []), "network": devices.get("network", []),
-            "virtio_announce": devices.get("virtioAnnounce", "acpi")}
+            "virtio_announce": devices.get("virtioAnnounce", "acpi"), "resources": spec.resources}
 
 
 def root_words(disks: list[dict]) -> str:
@@ -222,7 +222,7 @@ def _configure_running(vm_dir: VmDir, spec) -> None:
     from ..api.client import ApiClient, ApiError, ApiUnavailable
     applied = vm_dir.read_applied() or {}
     policy = vmctl.policy_for(applied, vm_dir)
-    write_json(vm_dir.path / "policy.json", policy)
+    write_json(vm_dir.policy_file, policy)
     try:
         ApiClient(str(vm_dir.api_sock), timeout=5.0).put("/policy", policy)
     except ApiUnavailable:

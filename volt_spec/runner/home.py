@@ -5,7 +5,8 @@
       vms/<name>/instance.json   the running instance: supervisor and VMM pids, start times, sockets
       vms/<name>/exit.json       how that instance ended (written by its supervisor)
       vms/<name>/console.log     serial console (capped and rotated to console.log.1)
-      vms/<name>/api.sock        the VMM's HTTP API;  console.sock: the supervisor's console
+      vms/<name>/run/api.sock    the VMM's HTTP API (run/ belongs to the VM's jail uid, as policy.json)
+      vms/<name>/console.sock    the supervisor's console;  jail.json: what the VMM's jail holds
       locks/<name>.lock          flock(2) held while a command changes the VM
       snapshots/<name>/<id>/     snapshots (they outlive the VM unless purged)
 """
@@ -72,7 +73,10 @@ class VmDir:
     instance = property(lambda self: self.path / "instance.json")
     exit_record = property(lambda self: self.path / "exit.json")
     console_log = property(lambda self: self.path / "console.log")
-    api_sock = property(lambda self: self.path / "api.sock")
+    run = property(lambda self: self.path / "run")          # the VMM's own (its jail uid's): socket, policy
+    api_sock = property(lambda self: self.path / "run" / "api.sock")
+    policy_file = property(lambda self: self.path / "run" / "policy.json")
+    jail_file = property(lambda self: self.path / "jail.json")
     console_sock = property(lambda self: self.path / "console.sock")
     supervisor_log = property(lambda self: self.path / "supervisor.log")
     snapshots = property(lambda self: self.home / "snapshots" / self.name)

@@ -92,6 +92,7 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
             "spec": drift.get(name, "drifted"),
             "reason": reason,
             "next_snapshot_in_s": round(max(0.0, due - __import__("time").time()), 1) if due else None,
+            "jail": (vm_dir.read_instance() or {}).get("jail") if obs["pid"] else None,
             "labels": rec.get("labels", {}),
             "source": rec.get("source"),
         })

@@ -156,8 +156,10 @@ class ConsoleHub:
 
 
 class Supervisor:
-    def __init__(self, vm_dir: Path, generation: str, vmm_cmd: list[str], log_console: bool) -> None:
+    def __init__(self, vm_dir: Path, generation: str, vmm_cmd: list[str], log_console: bool,
+                 jail: str | None = None, taps: list[str] = ()) -> None:
         self.vm_dir, self.generation, self.vmm_cmd = vm_dir, generation, vmm_cmd
+        self.jail_file, self.taps, self.jail = jail, list(taps), None
         self.console = ConsoleLog(vm_dir / "console.log", log_console)
         self.stderr_tail: list[str] = []
         self.output_hooks: list = []          # callables(bytes) fed with console output (policies)
@@ -170,16 +172,20 @@ class Supervisor:
         except OSError as e:
             sys.stderr.write(f"supervisor: cannot reserve space for the exit record: {e.strerror}\n")
             return e.errno or 1
-        proc = subprocess.Popen(self.vmm_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+        try:
+            proc = self._spawn()
+        except OSError as e:
+            self.reserve.release()
+            sys.stderr.write(f"supervisor: cannot start the VMM: {e.strerror or e}\n")
+            return e.errno or 1
         self.proc = proc
         try:
             write_json(self.vm_dir / "instance.json", {
                 "generation": self.generation,
                 "supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid()),
                 "vmm_pid": proc.pid, "vmm_start": start_ticks(proc.pid),
-                "started_at": time.time(), "api_sock": str(self.vm_dir / "api.sock"),
-                "cmd": self.vmm_cmd,
+                "started_at": time.time(), "api_sock": str(self.vm_dir / "run" / "api.sock"),
+                "cmd": self.vmm_cmd, "jail": self.jail,
             })
         except OSError as e:                # never leave a VMM running that nobody can find
             proc.kill()
@@ -204,7 +210,20 @@ class Supervisor:
         err_thread.join(timeout=5)
         hub.close()
         self._record_exit(code)
+        if self.jail:
+            from ..jail.cgroups import remove
+            remove({str(i): path for i, path in enumerate(self.jail["cgroup"])})
         return 0
+
+    def _spawn(self) -> subprocess.Popen:
+        """The VMM, in its jail when there is a jail file (jail/enter.py), else as it is."""
+        pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+        if self.jail_file is None:
+            return subprocess.Popen(self.vmm_cmd, **pipes)
+        from ..jail.config import JailConfig
+        from ..jail.enter import spawn
+        proc, self.jail = spawn(self.vmm_cmd, JailConfig.load(self.jail_file), self.taps, **pipes)
+        return proc
 
     def _forward(self, signum: int) -> None:
         try:
@@ -226,6 +245,8 @@ class Supervisor:
         last = self.stderr_tail[-1].removeprefix("volt-vmm: ") if self.stderr_tail else ""
         if code < 0:
             reason = f"killed by signal {-code} ({signal_name(-code)})"
+            if -code == signal.SIGSYS:
+                reason += ": a system call its seccomp filter forbids"
         elif code == 0:
             reason = last or "guest powered off"
         else:
@@ -244,12 +265,16 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("usage: python -m volt_spec.runner.supervisor VMDIR GENERATION -- CMD...\n")
+    if "--" not in argv or argv.index("--") < 2 or len(argv) < argv.index("--") + 2:
+        sys.stderr.write("usage: python -m volt_spec.runner.supervisor VMDIR GENERATION "
+                         "[--jail FILE] [--tap=NAME]... -- CMD...\n")
         return 2
-    vm_dir, generation, cmd = Path(argv[0]), argv[1], argv[3:]
+    split = argv.index("--")
+    vm_dir, generation, opts, cmd = Path(argv[0]), argv[1], argv[2:split], argv[split + 1:]
+    jail = opts[opts.index("--jail") + 1] if "--jail" in opts else None
+    taps = [o.removeprefix("--tap=") for o in opts if o.startswith("--tap=")]
     log_console = os.environ.get("VOLT_CONSOLE_LOG", "1") != "0"
-    return Supervisor(vm_dir, generation, cmd, log_console).run()
+    return Supervisor(vm_dir, generation, cmd, log_console, jail, taps).run()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .home import VmDir, write_json
+from .home import VmDir, private_dir, write_json
 from .procs import is_alive, kill
 
 START_TIMEOUT_S = 60.0
@@ -44,6 +44,37 @@ def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
     if vm.get("virtio_announce") == "cmdline" and (vm.get("disks") or vm.get("network")):
         args.append("--virtio-cmdline")
     return args
+
+
+NO_JAIL_ENV = "VOLT_NO_JAIL"           # set by `--no-jail`: a debugging escape hatch
+
+
+def jailed() -> bool:
+    return os.environ.get(NO_JAIL_ENV, "") in ("", "0")
+
+
+def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
+    """The VM's jail: its kernel, initrd and disks, its run and state directories, and what the
+    Python VMM needs; a uid of its own; limits from spec.resources (apply.resolve's defaults)."""
+    from ..jail.config import JailConfig, Limits, jail_uid, python_paths
+    from .home import all_vm_names
+    taken = set()
+    for other in all_vm_names(vm_dir.home):
+        if other != vm_dir.name:
+            taken.add(((VmDir(vm_dir.home, other).read_instance() or {}).get("jail") or {}).get("uid"))
+    uid = jail_uid(vm_dir.name, taken)
+    disks = vm.get("disks", [])
+    files = [vm["kernel"], *([vm["initrd"]] if vm.get("initrd") else [])]
+    ro = python_paths() + files + ["/sys/module"] + [d["path"] for d in disks if d.get("readOnly")]
+    rw = [str(vm_dir.run), str(vm_dir.snapshots)] + [d["path"] for d in disks if not d.get("readOnly")]
+    if restore_from is not None and not str(restore_from).startswith(str(vm_dir.snapshots) + "/"):
+        ro.append(str(restore_from))
+    res = vm.get("resources") or {}
+    limits = Limits(memory_bytes=int(res.get("memory_bytes", (vm["memory_mib"] + 256) << 20)),
+                    cpu_quota=float(res.get("cpus", vm["vcpus"])), pids=int(res.get("pids", 256)))
+    return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
+                      ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
+                      limits=limits)
 
 
 def restore_overrides(vm: dict) -> list[str]:
@@ -82,12 +113,18 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
     else:
         args = vmm_args(vm, vm_dir)
     args += ["--state-dir", str(vm_dir.snapshots)]
+    private_dir(vm_dir.run)
     applied = vm_dir.read_applied()
     if applied is not None:
-        policy_file = vm_dir.path / "policy.json"
+        policy_file = vm_dir.policy_file
         write_json(policy_file, policy_for(applied, vm_dir))
         args += ["--policy", str(policy_file)]
-    cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, "--",
+    jail = []
+    if jailed():
+        jail_config(vm, vm_dir, restore_from).dump(str(vm_dir.jail_file))
+        jail = ["--jail", str(vm_dir.jail_file), *(f"--tap={nic['tap']}" for nic in vm.get("network", []))]
+        args.append("--seccomp")
+    cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, *jail, "--",
            *vmm_command(), *args]
     env = dict(os.environ, VOLT_CONSOLE_LOG="1" if vm.get("serial_log", True) else "0")
     log_fd = os.open(vm_dir.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -73,6 +73,7 @@ class VmSpec:
     snapshots: dict
     devices: dict
     document: dict              # the plain document as written
+    resources: dict = None      # the VMM's cgroup limits (defaults applied): memory_bytes, cpus, pids
 
     def __hash__(self) -> int:            # dict fields are unhashable; name + file identify a VM
         return hash((self.name, self.source))
@@ -137,4 +138,12 @@ def build_spec(source: str, document: dict) -> VmSpec:
         memory_mib=memory_bytes(spec.get("memory", DEFAULT_MEMORY)) // MiB,
         running=spec.get("running", True), serial_log=devices["serial"]["log"],
         snapshots=_snapshots(spec.get("snapshots", {})), devices=devices, document=document,
+        resources=_resources(spec),
     )
+
+
+def _resources(spec: dict) -> dict:
+    raw = spec.get("resources", {})
+    guest = memory_bytes(spec.get("memory", DEFAULT_MEMORY))
+    return {"memory_bytes": memory_bytes(raw["memory"]) if "memory" in raw else guest + 256 * MiB,
+            "cpus": float(raw.get("cpus", spec.get("vcpus", 1))), "pids": int(raw.get("pids", 256))}

@@ -164,9 +164,22 @@ def _disks(doc: Document) -> list[SpecError]:
     return out
 
 
+def _resources(doc: Document) -> list[SpecError]:
+    """The VMM's cgroup must hold the guest's RAM and the VMM itself."""
+    limit, memory = get(doc.data, "spec", "resources", "memory"), get(doc.data, "spec", "memory") or "128Mi"
+    if not (isinstance(limit, str) and _SIZE_STRING.match(limit) and memory_problem(limit) is None):
+        return []
+    if not (isinstance(memory, str) and _SIZE_STRING.match(memory) and memory_problem(memory) is None):
+        return []
+    if memory_bytes(limit) < memory_bytes(memory) + 64 * MiB:
+        return [_err(doc, ("spec", "resources", "memory"),
+                     f"{limit} cannot hold the guest's {memory} and the VMM (at least {memory} + 64Mi)")]
+    return []
+
+
 def document_rules(doc: Document, limits: HostLimits) -> list[SpecError]:
     """Stage 2 checks that concern one document."""
-    return _kernel(doc) + _sizes(doc, limits) + _triggers(doc) + _disks(doc)
+    return _kernel(doc) + _sizes(doc, limits) + _triggers(doc) + _disks(doc) + _resources(doc)
 
 
 @dataclass(frozen=True)

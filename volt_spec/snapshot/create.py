@@ -73,8 +73,10 @@ def create_snapshot(machine, dest: str, meta: dict | None = None, resume: bool =
         virtio = None
         try:
             with quiesced(machine):     # device I/O threads hold still: memory and queues agree
-                vcpus = [save_vcpu(v, machine.msr_indices, xsize) for v in machine.vcpus]
-                vm = save_vm(machine.vm)
+                tsc_read_at: list[int] = []
+                vcpus = [save_vcpu(v, machine.msr_indices, xsize, tsc_read_at if v.index == 0 else None)
+                         for v in machine.vcpus]
+                vm = save_vm(machine.vm, tsc_read_at[0] if tsc_read_at else None)
                 devices = machine.save_devices()
                 if machine.virtio is not None:
                     virtio = machine.virtio.save(tmp)

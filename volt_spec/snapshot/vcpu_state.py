@@ -23,6 +23,7 @@ then fall within a second of it and KVM gives them the same offset: their TSCs a
 from __future__ import annotations
 
 import ctypes
+import time
 
 from ..kvm import structs as s
 from ..kvm.vcpu import Vcpu
@@ -63,7 +64,9 @@ def restore_msrs(vcpu: Vcpu, msrs: list[list[int]]) -> list[int]:
     return refused
 
 
-def save_vcpu(vcpu: Vcpu, msr_indices: list[int], xsave_size: int) -> dict:
+def save_vcpu(vcpu: Vcpu, msr_indices: list[int], xsave_size: int, msrs_read_at: list[int] | None = None) -> dict:
+    """Every piece of a vCPU's state; `msrs_read_at` (when given) gets the monotonic time its
+    MSRs (the guest TSC among them) were read, so the VM's clock can be saved as of then."""
     try:
         state: dict = {"index": vcpu.index}
         state["mp_state"] = vcpu.get_mp_state()
@@ -74,6 +77,8 @@ def save_vcpu(vcpu: Vcpu, msr_indices: list[int], xsave_size: int) -> dict:
         state["xcrs"] = pack(vcpu.get_xcrs())
         state["debugregs"] = pack(vcpu.get_debugregs())
         state["lapic"] = pack(vcpu.get_lapic())
+        if msrs_read_at is not None:
+            msrs_read_at.append(time.monotonic_ns())
         state["msrs"] = save_msrs(vcpu, msr_indices)
         state["cpuid"] = pack_cpuid(vcpu.get_cpuid2())
         state["vcpu_events"] = pack(vcpu.get_vcpu_events())

@@ -21,12 +21,16 @@ CHIPS = (("pic_master", s.KVM_IRQCHIP_PIC_MASTER), ("pic_slave", s.KVM_IRQCHIP_P
          ("ioapic", s.KVM_IRQCHIP_IOAPIC))
 
 
-def save_vm(vm: Vm) -> dict:
+def save_vm(vm: Vm, tsc_read_at_ns: int | None = None) -> dict:
+    """The irqchips, the PIT and the clock. With `tsc_read_at_ns` (when vCPU 0's TSC was read,
+    monotonic) the kvmclock is saved as of then: it runs on while the vCPUs' states are read
+    (the guest is paused, its TSC is not), and a restore puts both back as one instant."""
     state = {name: pack(vm.get_irqchip(chip)) for name, chip in CHIPS}
     state["pit2"] = pack(vm.get_pit2())
     clock = vm.get_clock()
-    state["clock"] = {"clock": clock.clock, "flags": clock.flags, "realtime": clock.realtime,
-                      "host_tsc": clock.host_tsc, "saved_at_ns": time.time_ns()}
+    since_tsc = 0 if tsc_read_at_ns is None else max(0, time.monotonic_ns() - tsc_read_at_ns)
+    state["clock"] = {"clock": max(0, clock.clock - since_tsc), "flags": clock.flags, "realtime": clock.realtime,
+                      "host_tsc": clock.host_tsc, "saved_at_ns": time.time_ns() - since_tsc}
     return state
 
 

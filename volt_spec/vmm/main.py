@@ -46,6 +46,11 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     even when its fingerprint says it is unchanged since last checked
   --state-dir DIR   the only directory the API may write snapshots to or load them
                     from (default: the directory of --api-sock)
+  --jail            run in a jail of its own (namespaces, a root holding only the
+                    kernel, initrd, disks and state, a uid of its own, no capabilities,
+                    a seccomp filter, a cgroup); volt jails the VMMs it starts
+  --seccomp         load the seccomp filter before reading any guest input (the jail
+                    passes it); --seccomp-selftest then makes a forbidden call
   --snapshot DIR    client mode: snapshot the VM behind --api-sock into DIR
   --name NAME       the VM's name, reported by GET /vm
   --disk PATH[,ro][,name=NAME]
@@ -75,7 +80,7 @@ example:
 """
 
 _REPEATED = {"--disk", "--net", "--disk-override", "--tap-override"}
-_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify"}
+_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
 _OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
@@ -149,6 +154,15 @@ def run(argv: list[str]) -> int:
                                   "(configure through the API) is required (see volt-vmm --help)")
     if opts.get("clock", "continue") not in ("continue", "realtime"):
         return fail(status.USAGE, "--clock must be continue or realtime")
+    if opts.get("jail"):
+        from .jailed import run_jailed
+        return run_jailed(argv, opts)
+    if opts.get("seccomp"):            # before any guest input is read and before any thread starts
+        from ..jail.seccomp import install
+        install()
+        if opts.get("seccomp_selftest"):
+            from ..jail.libc import mount
+            mount(None, "/", None, 0)  # forbidden: the filter kills the process here (SIGSYS)
 
     from ..kvm.errors import KvmError, MissingCapability
     from ..kvm.system import Kvm, KvmUnavailable

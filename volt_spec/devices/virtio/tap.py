@@ -34,11 +34,28 @@ def mac_for(name: str) -> bytes:
     return b"\x02" + hashlib.sha256(name.encode()).digest()[:5]
 
 
+TAP_FDS_ENV = "VOLT_TAP_FDS"        # "name=fd,...": taps the jail opened for this VMM
+
+
+def inherited_fd(name: str) -> int | None:
+    """The fd of tap `name` that the jail handed over, if any (close-on-exec from here on)."""
+    for item in os.environ.get(TAP_FDS_ENV, "").split(","):
+        tap, _, fd = item.partition("=")
+        if tap == name and fd.isdigit():
+            os.set_inheritable(int(fd), False)
+            return int(fd)
+    return None
+
+
 class Tap:
     """A tap interface opened (or created, with CAP_NET_ADMIN) under `name`."""
 
     def __init__(self, name: str) -> None:
         import fcntl
+        inherited = inherited_fd(name)
+        if inherited is not None:          # opened by the jail before it dropped root
+            self._fd, self.name = inherited, name
+            return
         request = ifreq(name, IFF_TAP | IFF_NO_PI)
         self._fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:

@@ -1,0 +1,89 @@
+"""Every VMM that volt starts runs jailed: read from the host's /proc, as an attacker who took over
+the VMM would find it. `volt-vmm --jail` does the same for a VMM started by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .kvm_required import require_kvm
+from .timing import scaled
+from .voltcli import spec_text, write
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_a_vmm_volt_starts_is_jailed(volt, tmp_path):
+    volt("apply", write(tmp_path / "j.yaml", spec_text("j")))
+    row = volt.wait_state("j", "running")
+    pid, jail = row["pid"], row["jail"]
+    status = proc_status(pid)
+    uid = int(status["Uid"].split()[0])
+    assert uid != 0 and uid == jail["uid"] and status["Uid"].split() == [str(uid)] * 4
+    assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0" * 16
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    for ns in ("mnt", "pid", "ipc", "uts"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    assert not os.path.exists(f"/proc/{pid}/root/etc/shadow") and not os.path.exists(f"/proc/{pid}/root/etc")
+    assert os.path.exists(f"/proc/{pid}/root/dev/null") and not os.path.exists(f"/proc/{pid}/root/dev/sda")
+    assert status["NSpid"].split()[-1] == "1", "pid 1 of its own pid namespace"
+    with open(f"/proc/{pid}/cgroup") as f:
+        cgroups = f.read()
+    assert "volt-j" in cgroups
+    assert any(c.endswith("/volt-j") for c in jail["cgroup"])
+    assert b"volt" in open(f"/proc/{pid}/cmdline", "rb").read(), "the host pid is the VMM itself"
+    assert volt("snapshot", "j", "--name", "s").returncode == 0        # the jail can still do its work
+
+
+def test_a_forbidden_system_call_kills_the_vmm_and_status_says_why(tmp_path):
+    """--seccomp-selftest: the VMM makes a call its filter forbids (mount) right after loading it."""
+    require_kvm()
+    from volt_spec.guest.build import build_guest
+    proc = subprocess.run([sys.executable, "-m", "volt_spec.vmm.main", "--jail", "--seccomp-selftest",
+                           "--kernel", str(build_guest()), "--cmdline", "volt.ticks=3 volt.poweroff"],
+                          capture_output=True, text=True, timeout=scaled(60))
+    assert proc.returncode == 128 + 31, (proc.returncode, proc.stderr)
+    assert "VOLT-READY" not in proc.stdout
+
+
+def test_status_names_a_seccomp_kill(volt, tmp_path, monkeypatch):
+    """Through volt: the supervisor records SIGSYS as a forbidden system call."""
+    from volt_spec.runner.supervisor import Supervisor
+    sup = Supervisor.__new__(Supervisor)
+    sup.vm_dir, sup.generation, sup.stderr_tail = tmp_path, "g", []
+
+    class Console:
+        lost = 0
+    sup.console = Console()
+
+    class Reserve:
+        def release(self):
+            pass
+    sup.reserve = Reserve()
+    sup._record_exit(-31)
+    import json
+    reason = json.loads((tmp_path / "exit.json").read_text())["reason"]
+    assert reason == "killed by signal 31 (SIGSYS): a system call its seccomp filter forbids"
+
+
+def test_no_jail_is_an_escape_hatch(volt, tmp_path):
+    volt("apply", "--no-jail", write(tmp_path / "n.yaml", spec_text("n")))
+    row = volt.wait_state("n", "running")
+    assert row["jail"] is None and proc_status(row["pid"])["Uid"].split()[0] == "0"
+
+
+@pytest.mark.parametrize("extra", [[], ["--memory", "256", "--vcpus", "2"]])
+def test_a_vmm_run_by_hand_with_jail_boots(tmp_path, extra):
+    require_kvm()
+    from volt_spec.guest.build import build_guest
+    proc = subprocess.run([sys.executable, "-m", "volt_spec.vmm.main", "--jail", "--kernel", str(build_guest()),
+                           *extra, "--cmdline", "volt.ticks=3 volt.poweroff"],
+                          capture_output=True, text=True, timeout=scaled(60))
+    assert proc.returncode == 0, proc.stderr
+    assert "tick 3 " in proc.stdout and "VOLT-POWEROFF" in proc.stdout

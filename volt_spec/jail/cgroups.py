@@ -1,0 +1,109 @@
+"""The VMM's cgroup: memory, CPU and pids limits, always below the cgroup volt itself runs in.
+
+cgroup v2 when the host's controllers live there (a unified hierarchy with them enabled), else
+v1 (our machines: the v1 controllers mounted under /sys/fs/cgroup/<controller>, an empty v2).
+Firecracker's jailer handles both the same way. Never created anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .config import Limits
+
+ROOT = "/sys/fs/cgroup"
+CPU_PERIOD_US = 100_000
+V1_FILES = {"memory": "memory.limit_in_bytes", "pids": "pids.max"}
+
+
+class CgroupError(OSError):
+    pass
+
+
+def own_cgroups(proc_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """{controller or "" (v2): this process's cgroup path}."""
+    out = {}
+    with open(proc_cgroup) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    return out
+
+
+def v2_controllers(root: str = ROOT) -> set[str]:
+    try:
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def plan(name: str, root: str = ROOT) -> dict[str, str]:
+    """{controller: the directory of the VM's cgroup}: v2 ("" key) when memory, cpu and pids are
+    there, else the v1 hierarchies of each."""
+    mine = own_cgroups()
+    leaf = f"volt-{name}"
+    if {"memory", "cpu", "pids"} <= v2_controllers(root) and "" in mine:
+        return {"": os.path.join(root, mine[""].lstrip("/"), leaf)}
+    out = {}
+    for c in ("memory", "cpu", "pids"):
+        if c not in mine:
+            raise CgroupError(f"no cgroup v1 {c} controller is mounted, nor v2 with it")
+        base = os.path.join(root, c)
+        if not os.path.isdir(base):
+            base = os.path.join(root, "cpu,cpuacct") if c == "cpu" else base
+        out[c] = os.path.join(base, mine[c].lstrip("/"), leaf)
+    return out
+
+
+def create(dirs: dict[str, str], limits: Limits) -> None:
+    """Make the cgroups and write the limits (a v1 cpu quota per period, or v2 cpu.max)."""
+    quota = max(1000, int(limits.cpu_quota * CPU_PERIOD_US))
+    for controller, path in dirs.items():
+        if controller == "":
+            _enable_v2(os.path.dirname(path))
+        os.makedirs(path, exist_ok=True)
+        if controller == "":
+            _write(path, "memory.max", str(limits.memory_bytes))
+            _write(path, "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(path, "pids.max", str(limits.pids))
+        elif controller == "cpu":
+            _write(path, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(path, "cpu.cfs_quota_us", str(quota))
+        else:
+            _write(path, V1_FILES[controller], str(limits.memory_bytes if controller == "memory" else limits.pids))
+
+
+def _enable_v2(parent: str) -> None:
+    """memory, cpu and pids for the parent's children (cgroup.subtree_control), if not yet."""
+    try:
+        with open(os.path.join(parent, "cgroup.subtree_control")) as f:
+            enabled = set(f.read().split())
+    except OSError:
+        enabled = set()
+    missing = {"memory", "cpu", "pids"} - enabled
+    if missing:
+        _write(parent, "cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+
+
+def join(dirs: dict[str, str], pid: int = 0) -> None:
+    """Move `pid` (0: the caller) into the cgroups."""
+    for path in dirs.values():
+        _write(path, "cgroup.procs", str(pid or os.getpid()))
+
+
+def remove(dirs: dict[str, str]) -> None:
+    for path in dirs.values():
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass                      # still has a process (it is ending), or already gone
+
+
+def _write(path: str, name: str, value: str) -> None:
+    try:
+        with open(os.path.join(path, name), "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise CgroupError(e.errno, f"cannot write {value} to {name}: {e.strerror}", os.path.join(path, name)) from None
