@@ -82,7 +82,8 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
         os.close(kvm_fd)
         for tap in tap_fds.values():
             tap.close()
-    return proc, {"uid": config.uid, "gid": config.gid, "cgroup": sorted(set(dirs.values())), "root": config.root}
+    return proc, {"uid": config.uid, "gid": config.gid, "pid": 1, "cgroup": sorted(set(dirs.values())),
+                  "root": config.root}
 
 
 def _open_taps(names) -> dict:

@@ -40,10 +40,12 @@ def run_jailed(argv: list[str], opts: dict) -> int:
     cmd = [sys.executable, "-m", "volt_spec.vmm.main", *[a for a in argv if a != "--jail"], "--seccomp"]
     if state is not None and "--state-dir" not in " ".join(argv):
         cmd += ["--state-dir", state]
-    proc, _ = spawn(cmd, config, taps)
+    from ..jail.cgroups import remove
+    proc, jail = spawn(cmd, config, taps)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, _f: proc.send_signal(n))
     code = proc.wait()
+    remove({str(i): path for i, path in enumerate(jail["cgroup"])})
     try:
         os.rmdir(config.root)
     except OSError:
