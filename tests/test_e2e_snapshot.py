@@ -113,3 +113,25 @@ def test_volt_restore_replaces_the_running_vm(volt, tmp_path):
     row = volt.wait_state("r", "running")
     assert row["pid"] != old_pid and row["booted_from"] == "snapshot early"
     assert "no valid snapshot nope" in volt("restore", "r", "--snapshot", "nope", check=1).stderr
+
+
+def test_apply_never_runs_a_guest_on_memory_that_changed(volt, tmp_path):
+    """A memory.snap edited in place keeps its size (the catalogue lists it) but not its
+    fingerprint: the restore reads it in full, refuses it, and apply boots fresh and says why."""
+    spec = write(tmp_path / "e.yaml", spec_text("e"))
+    volt("apply", spec)
+    volt.wait_log("e", "tick 1 ")
+    volt("snapshot", "e", "--name", "warm")
+    volt("delete", "e")
+    mem = volt.home / "snapshots" / "e" / "warm" / "memory.snap"
+    fd = os.open(mem, os.O_RDWR)
+    try:
+        offset = os.lseek(fd, 0, os.SEEK_DATA) + 64
+        os.pwrite(fd, bytes([os.pread(fd, 1, offset)[0] ^ 0xFF]), offset)
+    finally:
+        os.close(fd)
+    r = volt("apply", spec)
+    assert r.stdout.startswith("vm/e created"), r.stdout
+    assert "restore of warm refused" in r.stderr and "does not match the checksum" in r.stderr, r.stderr
+    assert volt.state("e")["booted_from"] == "cold"
+    assert "INVALID" in volt("snapshots", "verify", "warm", check=1).stdout
