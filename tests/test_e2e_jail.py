@@ -87,3 +87,13 @@ def test_a_vmm_run_by_hand_with_jail_boots(tmp_path, extra):
                           capture_output=True, text=True, timeout=scaled(60))
     assert proc.returncode == 0, proc.stderr
     assert "tick 3 " in proc.stdout and "VOLT-POWEROFF" in proc.stdout
+
+
+def test_vcpu_threads_have_a_narrower_filter_of_their_own(volt, tmp_path):
+    volt("apply", write(tmp_path / "t.yaml", spec_text("t", vcpus=2)))
+    pid = volt.wait_state("t", "running")["pid"]
+    tasks = [proc_status(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+    # KVM's own kernel thread (kvm-nx-lpage-recovery) is created from a vCPU thread and shows its filters
+    filters = sorted(int(t["Seccomp_filters"]) for t in tasks if not t["Name"].startswith("kvm-"))
+    assert filters.count(2) == 2 and set(filters) == {1, 2}, filters      # two vCPU threads, the rest one
+    volt("snapshot", "t", "--name", "s")                                      # other threads still do their work

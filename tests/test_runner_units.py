@@ -52,3 +52,22 @@ def test_root_disk_puts_root_on_the_command_line():
     assert root_words([]) == ""
     assert root_words([{"name": "a"}, {"name": "b", "root": True, "readOnly": True}]) == "root=/dev/vdb ro"
     assert root_words([{"name": "r", "root": True}]) == "root=/dev/vda rw"
+
+
+def test_status_after_an_interrupted_apply_says_so_not_powered_off(tmp_path):
+    """kill -9 of `volt apply` between writing the spec and starting the VM: status must not
+    repeat how an older instance ended as if it were this one's."""
+    import time
+    from volt_spec.runner.home import VmDir, write_json
+    from volt_spec.runner.observe import NOT_STARTED, observe
+    vm = VmDir(tmp_path, "v")
+    vm.ensure()
+    write_json(vm.applied, {"running": True, "applied_at": time.time()})
+    assert observe(vm)["reason"] == NOT_STARTED                     # created, never started
+    write_json(vm.instance, {"generation": "g1", "vmm_pid": 2 ** 22 + 7, "started_at": time.time() - 60})
+    write_json(vm.exit_record, {"generation": "g1", "code": 0, "reason": "guest powered off", "clean": True,
+                                "ended_at": time.time() - 30})
+    row = observe(vm)
+    assert row["state"] == "stopped" and row["reason"].startswith(NOT_STARTED) and "guest powered off" in row["reason"]
+    write_json(vm.applied, {"running": True, "applied_at": time.time() - 45})   # applied before it ended
+    assert observe(vm)["reason"] == "guest powered off"

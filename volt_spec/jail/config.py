@@ -58,7 +58,10 @@ def python_paths() -> list[str]:
     source (editable installs), and the shared libraries it links."""
     import volt_spec
     paths = {sys.base_prefix, sys.prefix, os.path.dirname(os.path.dirname(os.path.abspath(volt_spec.__file__)))}
-    paths |= {p for p in sys.path if p and os.path.isdir(p) and not p.startswith(tuple(paths))}
+    # Installed packages outside those (a user site, a distribution's dist-packages); never the
+    # current directory (`python -m` puts it first): it may hold $VOLT_HOME, and a read-only bind
+    # of a parent would hide the state below it behind its 0700 directories.
+    paths |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)}
     for lib in ("/usr/lib", "/usr/lib64", "/lib", "/lib64"):
         if os.path.isdir(lib) and not os.path.islink(lib):
             paths.add(lib)

@@ -23,8 +23,9 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 RET_KILL_PROCESS = 0x80000000
 RET_ALLOW = 0x7FFF0000
-LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
-OFF_NR, OFF_ARCH, OFF_ARG0, OFF_ARG1 = 0, 4, 16, 24       # struct seccomp_data (low words: little endian)
+LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+OFF_NR, OFF_ARCH, OFF_ARG0, OFF_ARG1, OFF_ARG2 = 0, 4, 16, 24, 32   # struct seccomp_data (low words: little endian)
+O_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000 | 0o20200000    # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND O_TMPFILE
 
 # x86_64 numbers (<asm/unistd_64.h>).
 SYSCALLS = {
@@ -81,21 +82,61 @@ def _arg_block(offset: int, values: list[int]) -> list[bytes]:
     return out + [_insn(RET_K, RET_KILL_PROCESS)]
 
 
-def program(allowed: list[str] = ALLOWED, ioctls: list[int] | None = None) -> bytes:
-    """The filter: right architecture, no x32, argument checks for ioctl and socket, then the list."""
+def _read_only_block(offset: int) -> list[bytes]:
+    """Allow the open only when its flags (the argument at `offset`) ask for no writing."""
+    return [_insn(LD_W_ABS, offset), _insn(JSET_K, O_WRITE_FLAGS, 0, 1), _insn(RET_K, RET_KILL_PROCESS),
+            _insn(RET_K, RET_ALLOW)]
+
+
+def program(allowed: list[str] = ALLOWED, ioctls: list[int] | None = None, read_only_opens: bool = False) -> bytes:
+    """The filter: right architecture, no x32, argument checks for ioctl and socket (and, with
+    `read_only_opens`, opens only for reading), then the list."""
     ioctls = sorted(set(kvm_ioctls() if ioctls is None else ioctls) | set(OTHER_IOCTLS.values()))
     prog = [_insn(LD_W_ABS, OFF_ARCH), _insn(JEQ_K, AUDIT_ARCH_X86_64, 1, 0), _insn(RET_K, RET_KILL_PROCESS),
             _insn(LD_W_ABS, OFF_NR), _insn(JGE_K, X32_SYSCALL_BIT, 0, 1), _insn(RET_K, RET_KILL_PROCESS)]
-    for name, offset, values in (("ioctl", OFF_ARG1, ioctls), ("socket", OFF_ARG0, [AF_UNIX])):
-        block = _arg_block(offset, values)
+    blocks = [("ioctl", _arg_block(OFF_ARG1, ioctls))]
+    if "socket" in allowed:
+        blocks.append(("socket", _arg_block(OFF_ARG0, [AF_UNIX])))
+    if read_only_opens:
+        blocks += [("openat", _read_only_block(OFF_ARG2)), ("open", _read_only_block(OFF_ARG1))]
+    for name, block in blocks:
         if len(block) > 255:
             raise ValueError(f"too many {name} values for one BPF jump")
         prog += [_insn(JEQ_K, SYSCALLS[name], 0, len(block))] + block
+        prog.append(_insn(LD_W_ABS, OFF_NR))          # the blocks that fall through left A as it was
+    checked = {name for name, _ in blocks}
     for name in allowed:
-        if name not in ("ioctl", "socket"):
+        if name not in checked:
             prog += [_insn(JEQ_K, SYSCALLS[name], 0, 1), _insn(RET_K, RET_ALLOW)]
     prog.append(_insn(RET_K, RET_KILL_PROCESS))
     return b"".join(prog)
+
+
+# What a vCPU thread may not do on top of the process's filter: it runs guest exits and device
+# models (serial, i8042, RTC, virtio-mmio registers, and with --no-ioeventfd the queues), nothing
+# else: no sockets, no new threads or processes, no changes to files or their names, and opens only
+# for reading (lazy imports).
+VCPU_DENIED = {"socket", "connect", "accept", "accept4", "bind", "listen", "getsockname", "getpeername",
+               "socketpair", "setsockopt", "getsockopt", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
+               "clone", "clone3", "fork", "wait4", "waitid", "kill", "rename", "renameat", "renameat2", "mkdir",
+               "mkdirat", "unlink", "unlinkat", "rmdir", "chmod", "fchmod", "fchmodat", "truncate", "ftruncate",
+               "fallocate", "copy_file_range", "sendfile", "splice", "flock", "umask", "prlimit64",
+               "timerfd_create", "timerfd_settime", "signalfd4", "epoll_create1", "epoll_ctl", "pipe", "pipe2",
+               "eventfd", "eventfd2", "dup", "dup2", "dup3", "prctl"}
+_thread_programs: dict[str, bytes] = {}
+
+
+def prepare_thread_filters() -> None:
+    """Build the per-thread filters once, before any thread starts (threads only load them)."""
+    _thread_programs["vcpu"] = program([n for n in ALLOWED if n not in VCPU_DENIED], read_only_opens=True)
+
+
+def enter_thread(kind: str) -> None:
+    """Narrow the calling thread's system calls to what a `kind` thread needs (filters stack:
+    each call must pass the process's filter and this one). No-op unless prepared."""
+    code = _thread_programs.get(kind)
+    if code is not None:
+        install(code)
 
 
 class _SockFprog(ctypes.Structure):

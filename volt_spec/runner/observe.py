@@ -8,6 +8,7 @@ from .home import VmDir
 from .procs import is_alive
 
 RUNNING, PAUSED, STOPPED, FAILED, BUSY = "running", "paused", "stopped", "failed", "busy"
+NOT_STARTED = "not started since its spec was applied (an interrupted apply?); volt apply starts it"
 ALIVE = (RUNNING, PAUSED, BUSY)          # a VMM process is there: never replaced for being slow
 
 
@@ -26,6 +27,8 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
     if not inst:
         if applied and not applied.get("running", True):
             out["reason"] = "spec.running is false"
+        elif applied:
+            out["reason"] = NOT_STARTED
         return out
     out["generation"] = inst.get("generation")
     out["booted_from"] = inst.get("booted_from", "cold")
@@ -50,6 +53,8 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         clean = ended.get("clean", False)
         stopped_on_purpose = inst.get("stop_requested", False)
         out["state"] = STOPPED if (clean or stopped_on_purpose) else FAILED
+        if applied.get("running", True) and float(ended.get("ended_at", 0)) < float(applied.get("applied_at", 0)):
+            out["reason"] = f"{NOT_STARTED} (its last instance had ended: {out['reason'] or 'stopped'})"
         return out
     out.update(state=FAILED, reason="volt-vmm and its supervisor are gone without an exit record")
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import _thread
 
 import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
@@ -429,6 +430,9 @@ class Machine:
             vcpu.set_immediate_exit(True)
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
+        jailed = sys.modules.get("volt_spec.jail.seccomp")     # loaded only when the process's filter is
+        if jailed is not None:
+            jailed.enter_thread("vcpu")       # and this thread's own, narrower one
         pio, mmio, lock = self.pio, self.mmio, self.bus_lock
         counts, index = self.exit_counts, vcpu.index
         try:

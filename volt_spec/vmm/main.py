@@ -158,8 +158,9 @@ def run(argv: list[str]) -> int:
         from .jailed import run_jailed
         return run_jailed(argv, opts)
     if opts.get("seccomp"):            # before any guest input is read and before any thread starts
-        from ..jail.seccomp import install
+        from ..jail.seccomp import install, prepare_thread_filters
         install()
+        prepare_thread_filters()
         if opts.get("seccomp_selftest"):
             from ..jail.libc import mount
             mount(None, "/", None, 0)  # forbidden: the filter kills the process here (SIGSYS)
