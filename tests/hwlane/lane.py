@@ -265,12 +265,16 @@ def run_lane(image: L1Image, phases: list[list[str]], timeout_s: float, memory_m
     (results / "done").write_text("".join(f"{nodeid}\n" for nodeid in progress.finished))
     (results / "job.sh").write_text(job_script(results, phases, cache, command))
     console = results / "console.log"
+    ran = False
     try:
-        _boot_and_wait(qemu_argv(image.qemu, image.vmlinuz, image.initrd, results, memory_mib, cpus), console,
-                       timeout_s)
+        ran = _boot_and_wait(qemu_argv(image.qemu, image.vmlinuz, image.initrd, results, memory_mib, cpus),
+                             console, timeout_s)
     finally:
         progress.read(results / PROGRESS_FILE)
     rc_file = results / "rc"
+    if not rc_file.is_file() and ran:     # QEMU -no-reboot exits on a reset: the L1 itself triple-faulted
+        raise L1Crashed(f"the L1 reset in the middle of the job, without a panic message (a triple fault "
+                        f"of the L1 kernel under TCG); console: {console}")
     if not rc_file.is_file():
         raise LaneError("the job inside the L1 ended without an exit status; console: " + str(console))
     rc = combined_rc(rc_file.read_text())
@@ -279,8 +283,9 @@ def run_lane(image: L1Image, phases: list[list[str]], timeout_s: float, memory_m
     return rc
 
 
-def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
-    """Run QEMU, echo its console with an `L1| ` prefix, enforce the deadlines."""
+def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> bool:
+    """Run QEMU, echo its console with an `L1| ` prefix, enforce the deadlines. True when the L1
+    got as far as running the job."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready, buf, tail, bug = False, b"", [], None
@@ -317,6 +322,7 @@ def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> None:
         code = proc.wait()
     if code != 0:
         raise LaneError(f"QEMU exited {code}; last lines: {tail[-5:]}")
+    return ready
 
 
 def outcome_counts(finished: dict[str, str]) -> tuple[dict[str, int], list[str]]:
