@@ -161,14 +161,23 @@ class Qmp:
 
 
 def jailed_popen(cmd: list[str], **popen) -> subprocess.Popen:
-    """Start a volt-vmm command line in its jail, as volt's supervisor does (jail/enter.py): the
-    jail's whole cost (cgroups, namespaces, the root's mounts, dropping root, the seccomp filter)
-    is inside what the caller times."""
+    """Start a volt-vmm command line in its jail, as volt's supervisor does (jail/enter.py): what the
+    caller times holds the jail's whole cost in the supervisor and the VMM (cgroups, handing the
+    state directories over, namespaces, the root's mounts, dropping root, the seccomp filters). The
+    jail's description is made before, once per command line, as volt makes it before it starts
+    the supervisor."""
     from volt_spec.jail.enter import spawn
-    from volt_spec.vmm.jailed import jail_for
-    from volt_spec.vmm.main import parse_args, state_dir
-    args = cmd[cmd.index(next(a for a in cmd if a.startswith("--"))):]
-    opts = parse_args(args)
-    config = jail_for(opts, state_dir(opts) if "api_sock" in opts else None)
-    proc, _ = spawn(cmd + ["--seccomp"], config, **popen)
+    proc, _ = spawn(cmd + ["--seccomp"], _jail_config(tuple(cmd)), **popen)
     return proc
+
+
+_configs: dict = {}
+
+
+def _jail_config(cmd: tuple[str, ...]):
+    if cmd not in _configs:
+        from volt_spec.vmm.jailed import jail_for
+        from volt_spec.vmm.main import parse_args, state_dir
+        opts = parse_args(list(cmd[cmd.index(next(a for a in cmd if a.startswith("--"))):]))
+        _configs[cmd] = jail_for(opts, state_dir(opts) if "api_sock" in opts else None)
+    return _configs[cmd]
