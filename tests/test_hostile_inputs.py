@@ -120,17 +120,12 @@ def test_a_catastrophic_console_pattern_does_not_freeze_the_vm(volt, tmp_path):
 
 
 @pytest.fixture
-def policy_api(tmp_path):
-    require_kvm()
-    from volt_spec.guest.build import build_guest
-    sock = str(tmp_path / "api.sock")
-    with VmmProcess("--kernel", str(build_guest()), "--cmdline", "volt.ticks=0 volt.tick_ms=200",
-                    "--api-sock", sock) as vmm:
-        vmm.wait_for(r"^tick 1 ")
-        api = vmm.wait_api(sock)
-        api.put("/policy", {"vm": "p", "snapshot_dir": str(tmp_path / "snaps"),
-                            "triggers": [{"trigger": "interval", "every": "1h", "everySeconds": 3600}]})
-        yield api
+def policy_api(real_api, tmp_path):
+    """A running VMM with an interval policy in place (the old policy a bad one must not touch)."""
+    _vmm, api, _sock = real_api
+    api.put("/policy", {"vm": "p", "snapshot_dir": str(tmp_path / "snaps"),
+                        "triggers": [{"trigger": "interval", "every": "1h", "everySeconds": 3600}]})
+    return api
 
 
 @pytest.mark.parametrize("body", [
