@@ -170,15 +170,47 @@ def test_after_an_l1_panic_a_fresh_l1_gets_what_had_finished(monkeypatch):
     assert result.failed == ["t::b"] and result.reasons == {"t::b": "AssertionError: ('a clock went backwards', ...)"}
 
 
-def test_the_lane_gives_up_after_its_last_l1_boot(monkeypatch):
+def test_the_lane_gives_up_when_l1_boots_in_a_row_finish_nothing(monkeypatch):
     from tests.hwlane import lane
+    boots = []
 
     def crashing(*args, progress=None, **kwargs):
+        boots.append(1)
         raise lane.L1Crashed("the L1 kernel panicked")
 
     monkeypatch.setattr(lane, "prepare_l1", lambda cache: "image")
     monkeypatch.setattr(lane, "run_lane", crashing)
-    with pytest.raises(lane.LaneError, match=f"L1 boot {lane.L1_ATTEMPTS} of at most {lane.L1_ATTEMPTS}"):
+    with pytest.raises(lane.LaneError, match=f"{lane.L1_STALLED_BOOTS} L1 boots in a row finished no test"):
+        lane.run_attempts([], 3600, 8192)
+    assert len(boots) == lane.L1_STALLED_BOOTS
+
+
+def test_the_lane_boots_fresh_l1s_while_each_finishes_tests(monkeypatch):
+    """CI saw four L1 panics in one lane run, each after more tests had finished."""
+    from tests.hwlane import lane
+
+    def crashing_after_one(*args, progress=None, **kwargs):
+        progress.finished[f"t::{len(progress.finished)}"] = "passed"
+        if len(progress.finished) < 6:
+            raise lane.L1Crashed("the L1 kernel panicked")
+        return 0
+
+    monkeypatch.setattr(lane, "prepare_l1", lambda cache: "image")
+    monkeypatch.setattr(lane, "run_lane", crashing_after_one)
+    result = lane.run_attempts([], 3600, 8192)
+    assert result.attempts == 6 and result.counts["passed"] == 6 and result.ok()
+
+
+def test_the_lane_boots_at_most_l1_max_boots(monkeypatch):
+    from tests.hwlane import lane
+
+    def always_progressing(*args, progress=None, **kwargs):
+        progress.finished[f"t::{len(progress.finished)}"] = "passed"
+        raise lane.L1Crashed("the L1 kernel panicked")
+
+    monkeypatch.setattr(lane, "prepare_l1", lambda cache: "image")
+    monkeypatch.setattr(lane, "run_lane", always_progressing)
+    with pytest.raises(lane.LaneError, match=f"the last of at most {lane.L1_MAX_BOOTS}"):
         lane.run_attempts([], 3600, 8192)
 
 
