@@ -97,3 +97,43 @@ def test_vcpu_threads_have_a_narrower_filter_of_their_own(volt, tmp_path):
     filters = sorted(int(t["Seccomp_filters"]) for t in tasks if not t["Name"].startswith("kvm-"))
     assert filters.count(2) == 2 and set(filters) == {1, 2}, filters      # two vCPU threads, the rest one
     volt("snapshot", "t", "--name", "s")                                      # other threads still do their work
+
+
+def test_a_vm_on_a_tap_in_another_network_namespace_is_jailed(tmp_path):
+    """`ip netns exec` mounts a fresh /sys, without the cgroup file systems: the jail finds them
+    through pid 1's view and the VM still gets its cgroup (the lane's Linux tests run this way)."""
+    require_kvm()
+    from .netns import in_netns, tap_namespace
+    from .voltcli import Volt
+    with tap_namespace("vtj0") as (ns, tap):
+        volt = Volt(tmp_path / "home", prefix=in_netns(ns, []))
+        spec = spec_text("nj").replace("  running: true\n", f"  running: true\n  devices:\n    network:\n      - {{name: eth0, tap: {tap}}}\n")
+        try:
+            assert volt("apply", write(tmp_path / "nj.yaml", spec)).stdout.startswith("vm/nj created")
+            row = volt.wait_state("nj", "running")
+            with open(f"/proc/{row['pid']}/cgroup") as f:
+                assert "volt-nj" in f.read()
+            assert proc_status(row["pid"])["Seccomp"] == "2"
+            assert os.readlink(f"/proc/{row['pid']}/ns/net") != os.readlink("/proc/self/ns/net")
+        finally:
+            volt("delete", "nj", check=None)
+
+
+def test_a_jailed_restore_puts_a_writable_disk_back(volt, tmp_path):
+    """The jail holds the disk file, not its directory: the snapshot's copy is written into the
+    file in place (the lane's Linux restores were refused with EROFS on `data.img.tmp`)."""
+    disk = tmp_path / "data.img"
+    disk.write_bytes(b"before!!" * 1024)
+    spec = spec_text("wd").replace("  running: true\n",
+                                   f"  running: true\n  devices:\n    disks:\n      - {{name: data, path: {disk}}}\n")
+    path = write(tmp_path / "wd.yaml", spec)
+    volt("apply", path)
+    volt.wait_state("wd", "running")
+    volt("snapshot", "wd", "--name", "with-disk")
+    volt("delete", "wd")
+    disk.write_bytes(b"after!!!" * 2048)
+    applied = volt("apply", path)
+    assert applied.stdout.startswith("vm/wd restored from with-disk"), (applied.stdout, applied.stderr)
+    assert disk.read_bytes() == b"before!!" * 1024
+    assert not (tmp_path / "data.img.tmp").exists()
+    assert volt.wait_state("wd", "running")["jail"]["uid"] != 0

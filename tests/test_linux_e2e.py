@@ -147,8 +147,8 @@ def assert_continues(volt: Volt, name: str, before: str, payload: str, since: in
 
 def test_volt_restores_a_running_linux_snapshot_and_it_continues(lab):
     volt = lab["volt"]
-    out = volt("apply", str(lab["spec"])).stdout
-    assert out.startswith(f"vm/lx restored from {lab['snapshot']['id']}"), out
+    applied = volt("apply", str(lab["spec"]))
+    assert applied.stdout.startswith(f"vm/lx restored from {lab['snapshot']['id']}"), (applied.stdout, applied.stderr)
     assert_continues(volt, "lx", lab["before"], lab["payload"])
     assert volt.state("lx")["state"] == "running"
 
@@ -165,8 +165,8 @@ def test_stop_trigger_snapshot_restores_and_continues(lab):
     before = volt.log("lx")
     rows = wait_snapshots(volt, lambda rows: any(r["trigger"] == "stop" for r in rows), "the stop snapshot")
     stop_id = max((r for r in rows if r["trigger"] == "stop"), key=lambda r: r["created"])["id"]
-    out = volt("apply", str(lab["spec"])).stdout
-    assert out.startswith(f"vm/lx restored from {stop_id}"), out
+    applied = volt("apply", str(lab["spec"]))
+    assert applied.stdout.startswith(f"vm/lx restored from {stop_id}"), (applied.stdout, applied.stderr)
     assert_continues(volt, "lx", before, lab["payload"], since=len(before))
 
 

@@ -41,6 +41,8 @@ def test_minimal_spec_gets_defaults() -> None:
     assert spec.devices == {"serial": {"log": True}, "disks": [], "network": [], "virtioAnnounce": "acpi"}
     assert spec.source == str(GOOD / "minimal.yaml") and os.path.isabs(spec.source)
     assert spec.document["spec"] == {"kernel": {"path": "builtin:testguest"}}
+    # twice the guest (a snapshot's memory file on a tmpfs is charged to the VMM's cgroup) + 256 MiB
+    assert spec.resources == {"memory_bytes": (2 * 128 + 256) << 20, "cpus": 1.0, "pids": 256}
 
 
 def test_full_spec_is_normalised_with_absolute_paths() -> None:

@@ -224,10 +224,6 @@ def job_script(results: Path, phases: list[list[str]], cache: Path, command: str
            "LANG": "C.UTF-8", "VOLT_CACHE": str(cache), "VOLT_LANE": "hw",
            "VOLT_TIMEOUT_SCALE": str(TIMEOUT_SCALE), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": str(CHECKOUT),       # this checkout's code, whatever the venv was installed from
-           # The jail (issue 10) is proven on the host (PVM); in the L1 it booted the test guest by hand
-           # and through volt, but the Linux-with-tap tests and a kill mid-snapshot failed there on
-           # its first run: until that is understood the lane tests the VMM itself, unjailed.
-           "VOLT_NO_JAIL": "1",
            PROGRESS_ENV: str(results / PROGRESS_FILE), DONE_ENV: str(results / "done")}
     py = CHECKOUT / ".venv" / "bin" / "python"
     runs = [command] if command else [shlex.join([

@@ -39,6 +39,31 @@ def v2_controllers(root: str = ROOT) -> set[str]:
         return set()
 
 
+def ensure_mounted(proc_cgroup: str = "/proc/self/cgroup") -> bool:
+    """Make the hierarchies this process is in visible at /sys/fs/cgroup when nothing is mounted
+    there: under `ip netns exec` (how a VM is put on a tap in another network namespace) /sys is
+    a fresh sysfs without them. They are mounted in a mount namespace of the caller's own, so
+    the host's mounts stay as they are; the cgroups are the host's (a v1 hierarchy mounted again
+    is the same hierarchy). True when it mounted them."""
+    if os.path.ismount(ROOT):
+        return False
+    from . import libc
+    with open(proc_cgroup) as f:
+        v1 = [line.rstrip("\n").split(":", 2)[1] for line in f]
+    v1 = [c for c in v1 if c and set(c.split(",")) & {"memory", "cpu", "pids"}]
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    if not v1:
+        libc.mount("cgroup2", ROOT, "cgroup2", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+        return True
+    libc.mount("volt-cgroups", ROOT, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=0755,size=64k")
+    for controllers in v1:
+        os.mkdir(os.path.join(ROOT, controllers), 0o755)
+        libc.mount("cgroup", os.path.join(ROOT, controllers), "cgroup",
+                   libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, controllers)
+    return True
+
+
 def plan(name: str, root: str = ROOT) -> dict[str, str]:
     """{controller: the directory of the VM's cgroup}: v2 ("" key) when memory, cpu and pids are
     there, else the v1 hierarchies of each."""
@@ -49,7 +74,7 @@ def plan(name: str, root: str = ROOT) -> dict[str, str]:
     out = {}
     for c in ("memory", "cpu", "pids"):
         if c not in mine:
-            raise CgroupError(f"no cgroup v1 {c} controller is mounted, nor v2 with it")
+            raise CgroupError(f"no cgroup v1 {c} controller is mounted on {root}, nor v2 with it")
         base = os.path.join(root, c)
         if not os.path.isdir(base):
             base = os.path.join(root, "cpu,cpuacct") if c == "cpu" else base

@@ -13,6 +13,14 @@ JAIL_UID_SPAN = 60_000
 DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
 
+def default_memory_limit(guest_bytes: int) -> int:
+    """The VMM's cgroup memory limit by default: guest RAM, as much again for the memory file a
+    snapshot writes (page cache, and all of it on a tmpfs, is charged to the writer's cgroup: at
+    guest + 256 MiB the kernel OOM-killed a VMM writing 384 MiB of guest data to a tmpfs), and
+    256 MiB for the VMM itself."""
+    return 2 * guest_bytes + (256 << 20)
+
+
 @dataclass
 class Limits:
     """The cgroup's limits (memory.max / memory.limit_in_bytes, cpu quota, pids.max)."""

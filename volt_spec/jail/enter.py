@@ -37,6 +37,7 @@ def prepare(config: JailConfig) -> dict[str, str]:
     os.makedirs(config.root, mode=0o700, exist_ok=True)
     for path in config.owned:
         _chown_tree(path, config.uid, config.gid)
+    cgroups.ensure_mounted()
     dirs = cgroups.plan(config.name)
     if config.limits is not None:
         cgroups.create(dirs, config.limits)

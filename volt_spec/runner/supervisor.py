@@ -174,10 +174,10 @@ class Supervisor:
             return e.errno or 1
         try:
             proc = self._spawn()
-        except OSError as e:
+        except (OSError, RuntimeError, ValueError) as e:    # the jail's steps, a tap, the exec
             self.reserve.release()
-            sys.stderr.write(f"supervisor: cannot start the VMM: {e.strerror or e}\n")
-            return e.errno or 1
+            sys.stderr.write(f"supervisor: cannot start the VMM: {describe(e)}\n")
+            return getattr(e, "errno", None) or 1
         self.proc = proc
         try:
             write_json(self.vm_dir / "instance.json", {
@@ -261,6 +261,13 @@ class Supervisor:
             write_json(self.vm_dir / "exit.json", record)
         except OSError as e:
             sys.stderr.write(f"supervisor: cannot write exit.json: {e.strerror}; the VM ended: {reason}\n")
+
+
+def describe(e: BaseException) -> str:
+    """One line naming the cause: an OSError's text and the file it was about."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,10 +22,12 @@ class VmStartError(RuntimeError):
 
 
 def vmm_command() -> list[str]:
-    """The volt-vmm launcher installed beside this interpreter, else `python -m`."""
+    """The volt-vmm launcher installed beside this interpreter (run by this interpreter, not
+    its #! line: a copied or moved venv's scripts name the old one, outside a jail's root),
+    else `python -m`."""
     script = Path(sys.executable).parent / "volt-vmm"
     if script.exists():
-        return [str(script)]
+        return [sys.executable, str(script)]
     return [sys.executable, "-m", "volt_spec.vmm.main"]
 
 
@@ -56,7 +58,7 @@ def jailed() -> bool:
 def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     """The VM's jail: its kernel, initrd and disks, its run and state directories, and what the
     Python VMM needs; a uid of its own; limits from spec.resources (apply.resolve's defaults)."""
-    from ..jail.config import JailConfig, Limits, jail_uid, python_paths
+    from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
     from .home import all_vm_names
     taken = set()
     for other in all_vm_names(vm_dir.home):
@@ -70,7 +72,7 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     if restore_from is not None and not str(restore_from).startswith(str(vm_dir.snapshots) + "/"):
         ro.append(str(restore_from))
     res = vm.get("resources") or {}
-    limits = Limits(memory_bytes=int(res.get("memory_bytes", (vm["memory_mib"] + 256) << 20)),
+    limits = Limits(memory_bytes=int(res.get("memory_bytes", default_memory_limit(vm["memory_mib"] << 20))),
                     cpu_quota=float(res.get("cpus", vm["vcpus"])), pids=int(res.get("pids", 256)))
     return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
                       ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
@@ -141,12 +143,24 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
         if inst and inst.get("generation") == generation and client.ping():
             return inst
         if supervisor.poll() is not None and (vm_dir.read_exit() or {}).get("generation") != generation:
-            code = supervisor.returncode
-            why = os.strerror(code) if 0 < code < 256 and code != 1 else f"status {code}"
-            raise VmStartError(f"its supervisor could not start it ({why}; see {vm_dir.supervisor_log})")
+            raise VmStartError(f"its supervisor could not start it: {supervisor_said(vm_dir, supervisor.returncode)}")
         time.sleep(0.01)   # polling the socket/exit record; the VMM reports through them
     abandon(vm_dir, generation, supervisor)
     raise VmStartError(f"volt-vmm did not answer on {vm_dir.api_sock} within {timeout:g} s (it was killed)")
+
+
+def supervisor_said(vm_dir: VmDir, code: int) -> str:
+    """The last line the supervisor wrote before it gave up (the log may be removed with a
+    VM that was never created, so the line itself goes into the error), else its exit status."""
+    try:
+        with open(vm_dir.supervisor_log, "rb") as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - 4096))
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    if lines:
+        return lines[-1].removeprefix("supervisor: ")[:300]
+    return os.strerror(code) if 0 < code < 256 and code != 1 else f"status {code}"
 
 
 def abandon(vm_dir: VmDir, generation: str, supervisor: subprocess.Popen) -> None:

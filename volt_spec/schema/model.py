@@ -14,6 +14,7 @@ from typing import Any
 
 from ..boot.layout import MiB
 from .files import BUILTIN_TESTGUEST, resolve
+from ..jail.config import default_memory_limit
 from .sizes import duration_seconds, memory_bytes
 
 DEFAULT_MEMORY = "128Mi"
@@ -145,5 +146,5 @@ def build_spec(source: str, document: dict) -> VmSpec:
 def _resources(spec: dict) -> dict:
     raw = spec.get("resources", {})
     guest = memory_bytes(spec.get("memory", DEFAULT_MEMORY))
-    return {"memory_bytes": memory_bytes(raw["memory"]) if "memory" in raw else guest + 256 * MiB,
+    return {"memory_bytes": memory_bytes(raw["memory"]) if "memory" in raw else default_memory_limit(guest),
             "cpus": float(raw.get("cpus", spec.get("vcpus", 1))), "pids": int(raw.get("pids", 256))}

@@ -16,7 +16,7 @@ import tempfile
 
 
 def jail_for(opts: dict, state_dir: str | None):
-    from ..jail.config import JailConfig, Limits, jail_uid, python_paths
+    from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
     from .virtio import DiskConfig
     name = opts.get("name", "vm")
     disks = [DiskConfig.parse(t, i) for i, t in enumerate(opts.get("disk", []))]
@@ -24,11 +24,11 @@ def jail_for(opts: dict, state_dir: str | None):
                                               if p] + [d.path for d in disks if d.read_only]
     rw = [d.path for d in disks if not d.read_only] + [p for p in (state_dir, opts.get("restore")) if p]
     uid = jail_uid(name, set())
-    memory = int(opts.get("memory", 128)) + 256
     return JailConfig(name=name, uid=uid, gid=uid, root=tempfile.mkdtemp(prefix=f"volt-jail-{name}-"),
                       ro=[os.path.abspath(p) for p in ro], rw=[os.path.abspath(p) for p in rw],
                       owned=[os.path.abspath(p) for p in rw],
-                      limits=Limits(memory_bytes=memory << 20, cpu_quota=float(opts.get("vcpus", 1)), pids=256))
+                      limits=Limits(memory_bytes=default_memory_limit(int(opts.get("memory", 128)) << 20),
+                                    cpu_quota=float(opts.get("vcpus", 1)), pids=256))
 
 
 def run_jailed(argv: list[str], opts: dict) -> int:
