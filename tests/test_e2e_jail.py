@@ -137,3 +137,36 @@ def test_a_jailed_restore_puts_a_writable_disk_back(volt, tmp_path):
     assert disk.read_bytes() == b"before!!" * 1024
     assert not (tmp_path / "data.img.tmp").exists()
     assert volt.wait_state("wd", "running")["jail"]["uid"] != 0
+
+
+def test_a_vmm_whose_jail_gives_no_go_reads_no_guest_input(tmp_path):
+    """The supervisor moves the VMM into its cgroups while it starts and then writes the go byte;
+    a VMM that gets none (the supervisor failed or died) stops before it opens the kernel."""
+    require_kvm()
+    from volt_spec.jail import GO_FD_ENV
+    r, w = os.pipe()
+    os.close(w)
+    proc = subprocess.run([sys.executable, "-m", "volt_spec.vmm.main", "--kernel", str(tmp_path / "never-read")],
+                          capture_output=True, text=True, timeout=scaled(60), pass_fds=(r,),
+                          env=dict(os.environ, **{GO_FD_ENV: str(r)}))
+    os.close(r)
+    assert proc.returncode != 0 and "the jail did not place this VMM in its cgroup" in proc.stderr, proc.stderr
+    assert "never-read" not in proc.stderr
+
+
+def test_a_jailed_restore_keeps_the_memory_fingerprint(volt, tmp_path):
+    """The jail gives the snapshot folder to the VM's uid; a chown sets ctime, which the memory
+    fingerprint holds, so chowning at every start made every restore read the whole memory
+    file against its checksum. What is the jail's already is left alone."""
+    path = write(tmp_path / "fp.yaml", spec_text("fp"))
+    volt("apply", path)
+    volt.wait_state("fp", "running")
+    volt("snapshot", "fp", "--name", "s1")
+    volt("delete", "fp")
+    assert volt("apply", path).stdout.startswith("vm/fp restored from s1")
+    (memory,) = (volt.home / "snapshots").glob("fp/s1/memory.snap")
+    verified = memory.with_name("memory.verified")
+    volt("delete", "fp")
+    before = (os.stat(memory).st_ctime_ns, verified.read_bytes())
+    assert volt("apply", path).stdout.startswith("vm/fp restored from s1")
+    assert (os.stat(memory).st_ctime_ns, verified.read_bytes()) == before, "the memory file was read in full again"

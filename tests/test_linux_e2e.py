@@ -118,6 +118,7 @@ def wait_counter(volt: Volt, name: str, at_least: int, timeout: float = 60.0, si
         if any(n >= at_least for n, _ in counters(log)):
             return log
         assert time.monotonic() < deadline, f"counter {at_least} not reached:\n{log[-2000:]}"
+        assert volt.ended(name) is None, f"the VM ended: {volt.ended(name)}\n{log[-2000:]}"
         time.sleep(0.2)             # the guest prints into the supervisor's log: poll it
 
 
@@ -134,6 +135,7 @@ def assert_continues(volt: Volt, name: str, before: str, payload: str, since: in
     deadline = time.monotonic() + scaled(WATCH_S * 4)
     while not any(u >= target for _, u in counters(restored)):
         assert time.monotonic() < deadline, f"uptime {target} not reached:\n{restored[-2000:]}"
+        assert volt.ended(name) is None, f"the VM ended: {volt.ended(name)}\n{restored[-2000:]}"
         time.sleep(0.5)             # polling the console log
         restored = volt.log(name)[since:]
     got = counters(restored)

@@ -63,6 +63,17 @@ class Volt:
         log = self.home / "vms" / name / "console.log"
         return log.read_text(errors="replace") if log.exists() else ""
 
+    def ended(self, name: str) -> str | None:
+        """Why the VM's current VMM ended (its supervisor's exit record), None while it runs: a
+        wait on the console can then fail at once with the reason instead of at its deadline."""
+        vm = self.home / "vms" / name
+        try:
+            inst = json.loads((vm / "instance.json").read_text())
+            ended = json.loads((vm / "exit.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return ended.get("reason") or "ended" if ended.get("generation") == inst.get("generation") else None
+
     def wait_log(self, name: str, marker: str, timeout: float = 30.0) -> str:
         """Wait until the VM's console log holds `marker` in a whole line, and return the log's
         whole lines: the guest writes as it goes, so a line read mid-write (`mem-ok 2b2` of

@@ -5,3 +5,8 @@ into a per-VM root that holds only what it needs (its kernel, initrd, disks, sta
 and read-only what a Python VMM needs to run), runs as a per-VM uid/gid with no capabilities,
 no_new_privs, rlimits and a seccomp filter, in its own cgroup. See `enter.py` for the order.
 """
+
+# The pipe a jailed VMM reads one byte from before it reads guest input: its supervisor writes
+# it once the VMM is in its cgroups (jail/enter.spawn; the move overlaps the VMM's start-up).
+GO_FD_ENV = "VOLT_JAIL_GO_FD"
+GO = b"1"

@@ -157,6 +157,8 @@ def run(argv: list[str]) -> int:
     if opts.get("jail"):
         from .jailed import run_jailed
         return run_jailed(argv, opts)
+    if not placed_by_jail():
+        return fail(status.VMM_ERROR, "the jail did not place this VMM in its cgroup")
     if opts.get("seccomp"):            # before any guest input is read and before any thread starts
         from ..jail.seccomp import install, prepare_thread_filters
         install()
@@ -418,6 +420,24 @@ def supervise(machine, stop_timeout: float) -> int:
     if code != status.OK:
         fail(code, machine.exit_reason)
     return code
+
+
+def placed_by_jail() -> bool:
+    """A jailed VMM waits for its supervisor's go (it is then in its cgroups) before it reads
+    guest input; the wait overlaps the move with this process's start. True unjailed."""
+    from ..jail import GO, GO_FD_ENV
+    fd = os.environ.pop(GO_FD_ENV, None)
+    if fd is None:
+        return True
+    try:
+        return os.read(int(fd), 1) == GO
+    except (OSError, ValueError):
+        return False
+    finally:
+        try:
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass
 
 
 def main() -> None:
