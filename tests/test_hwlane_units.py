@@ -243,3 +243,21 @@ def test_an_old_system_qemu_is_passed_over_for_the_cached_backport(tmp_path, mon
     young = fake_qemu(tmp_path / "young", "10.1.0")
     monkeypatch.setenv("PATH", f"{young.parent}:/usr/bin:/bin")
     assert q.lane_qemu(tmp_path / "cache").binary == young
+
+
+def test_an_l1_silent_past_its_heartbeat_is_a_crash(tmp_path, monkeypatch, capsys):
+    """An L1 whose timers stopped prints nothing, not even the job's heartbeat: a fresh L1 is
+    booted for it as after a panic, instead of waiting out the lane's deadline."""
+    from tests.hwlane import lane
+    monkeypatch.setattr(lane, "SILENT_S", 1)
+    alive = ["sh", "-c", f"echo 'LANE: ready'; for i in 1 2 3 4 5 6; do echo '{lane.HEARTBEAT}'; sleep 0.3; done"]
+    assert lane._boot_and_wait(alive, tmp_path / "alive.log", 60) is True
+    assert lane.HEARTBEAT not in capsys.readouterr().out, "heartbeats are not echoed"
+    with pytest.raises(lane.L1Crashed, match="the L1 went silent"):
+        lane._boot_and_wait(["sh", "-c", "echo 'LANE: ready'; sleep 30"], tmp_path / "silent.log", 60)
+
+
+def test_the_job_prints_its_heartbeat(tmp_path):
+    from tests.hwlane import lane
+    script = job_script(tmp_path, [["-m", "hwlane"]], tmp_path / "cache")
+    assert f"while sleep {lane.HEARTBEAT_S}; do echo '{lane.HEARTBEAT}'; done" in script

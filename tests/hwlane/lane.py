@@ -75,6 +75,12 @@ RERUN_ON = "guest triple fault"
 PROGRESS_FILE = "progress.log"    # in the results share: one line per finished test (tests/hwlane/progress.py)
 MARKER = "LANE: "
 FAIL_MARKER = "LANE-FAIL: "
+# The job prints a heartbeat every HEARTBEAT_S; an L1 silent for SILENT_S (not even that) has
+# stopped: seen in the lane, QEMU near idle, the L1's own `sleep 20` never returning (its timers
+# stopped under TCG). It is handled like a panic: a fresh L1 for the unfinished tests.
+HEARTBEAT = MARKER + "heartbeat"
+HEARTBEAT_S = 30
+SILENT_S = 300
 
 
 class LaneError(RuntimeError):
@@ -238,7 +244,8 @@ def job_script(results: Path, phases: list[list[str]], cache: Path, command: str
         local.append(f"mkdir -p {copy} && tar -xf {shlex.quote(str(tar))} -C {copy} && "
                      f"mount --bind {copy} {shlex.quote(str(where))} || echo '{MARKER}could not copy {where} to RAM'")
     rc = shlex.quote(str(results / "rc"))
-    lines = ["set -u", *local, *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+    lines = ["set -u", f"(while sleep {HEARTBEAT_S}; do echo '{HEARTBEAT}'; done) &",
+             *local, *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
              f"cd {shlex.quote(str(CHECKOUT))}",
              f'echo "{MARKER}volt host: $({shlex.quote(str(CHECKOUT / ".venv" / "bin" / "volt"))} host 2>&1 | tr "\\n" " ")"',
              f": > {rc}.part",
@@ -293,25 +300,32 @@ def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> bool:
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready, buf, tail, bug = False, b"", [], None
+    heard = started
     try:
         with open(console, "wb") as log:
             while True:
-                elapsed = time.monotonic() - started
-                if not ready and elapsed > BOOT_DEADLINE_S:
+                now = time.monotonic()
+                if not ready and now - started > BOOT_DEADLINE_S:
                     raise LaneError(f"the L1 did not come up within {BOOT_DEADLINE_S} s; last lines: {tail[-5:]}")
-                if elapsed > timeout_s:
+                if now - started > timeout_s:
                     raise LaneError(f"timeout: the lane ran over {timeout_s / 60:.0f} min; last lines: {tail[-5:]}")
+                if ready and now - heard > SILENT_S:
+                    raise L1Crashed(f"the L1 went silent: no console output, not even its heartbeat, for "
+                                    f"{SILENT_S} s (its timers stopped under TCG); console: {console}")
                 readable, _, _ = select.select([proc.stdout], [], [], 1.0)
                 if not readable:
                     continue
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
+                heard = time.monotonic()
                 log.write(chunk)
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for raw in lines:
                     line = raw.decode(errors="replace").rstrip("\r")
+                    if line == HEARTBEAT:
+                        continue
                     tail = (tail + [line])[-20:]
                     print(f"L1| {line}", flush=True)
                     ready = ready or line.startswith(MARKER + "ready")

@@ -112,11 +112,12 @@ def program(allowed: list[str] = ALLOWED, ioctls: list[int] | None = None, read_
     return b"".join(prog)
 
 
-# What a vCPU thread may not do on top of the process's filter: it runs guest exits and device
-# models (serial, i8042, RTC, virtio-mmio registers, and with --no-ioeventfd the queues), nothing
-# else: no sockets, no new threads or processes, no changes to files or their names, and opens only
-# for reading (lazy imports).
-VCPU_DENIED = {"socket", "connect", "accept", "accept4", "bind", "listen", "getsockname", "getpeername",
+# What a device thread may not do on top of the process's filter. The vCPU threads run guest exits
+# and device models (serial, i8042, RTC, virtio-mmio registers, and with --no-ioeventfd the queues);
+# the virtio I/O thread serves the queues (disk reads, writes and flushes, tap frames, interrupts
+# by eventfd): the code that handles guest-made data. Nothing else: no sockets, no new threads or
+# processes, no changes to files or their names, and opens only for reading (lazy imports).
+DEVICE_DENIED = {"socket", "connect", "accept", "accept4", "bind", "listen", "getsockname", "getpeername",
                "socketpair", "setsockopt", "getsockopt", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
                "clone", "clone3", "fork", "wait4", "waitid", "kill", "rename", "renameat", "renameat2", "mkdir",
                "mkdirat", "unlink", "unlinkat", "rmdir", "chmod", "fchmod", "fchmodat", "truncate", "ftruncate",
@@ -128,11 +129,11 @@ _thread_programs: dict[str, bytes] = {}
 
 def prepare_thread_filters() -> None:
     """Build the per-thread filters once, before any thread starts (threads only load them)."""
-    _thread_programs["vcpu"] = program([n for n in ALLOWED if n not in VCPU_DENIED], read_only_opens=True)
+    _thread_programs["device"] = program([n for n in ALLOWED if n not in DEVICE_DENIED], read_only_opens=True)
 
 
 def enter_thread(kind: str) -> None:
-    """Narrow the calling thread's system calls to what a `kind` thread needs (filters stack:
+    """Narrow the calling thread's system calls to what a `kind` ("device") thread needs (filters stack:
     each call must pass the process's filter and this one). No-op unless prepared."""
     code = _thread_programs.get(kind)
     if code is not None:

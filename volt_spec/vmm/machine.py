@@ -432,7 +432,7 @@ class Machine:
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
         jailed = sys.modules.get("volt_spec.jail.seccomp")     # loaded only when the process's filter is
         if jailed is not None:
-            jailed.enter_thread("vcpu")       # and this thread's own, narrower one
+            jailed.enter_thread("device")     # and this thread's own, narrower one
         pio, mmio, lock = self.pio, self.mmio, self.bus_lock
         counts, index = self.exit_counts, vcpu.index
         try:
