@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -167,8 +168,19 @@ def jailed_popen(cmd: list[str], **popen) -> subprocess.Popen:
     jail's description is made before, once per command line, as volt makes it before it starts
     the supervisor."""
     from volt_spec.jail.enter import spawn
-    proc, _ = spawn(cmd + ["--seccomp"], _jail_config(tuple(cmd)), **popen)
+    proc, jail = spawn(cmd + ["--seccomp"], _jail_config(tuple(cmd)), **popen)
+    _cgroups.update(jail["cgroup"])
     return proc
+
+
+_cgroups: set[str] = set()
+
+
+@atexit.register
+def _remove_cgroups() -> None:
+    """The jails' cgroups, once the benchmark is done (volt's supervisor removes a VM's itself)."""
+    from volt_spec.jail.cgroups import remove
+    remove({path: path for path in _cgroups})
 
 
 _configs: dict = {}
