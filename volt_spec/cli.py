@@ -499,7 +499,8 @@ def main() -> None:
         _err(str(e))
         sys.exit(rc.USAGE)
     except OSError as e:                 # a full disk, an I/O error, a read-only $VOLT_HOME
-        _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        from .fsutil import os_error
+        _err(os_error(e))
         sys.exit(rc.FAILED)
     except KeyboardInterrupt:
         _err("interrupted")

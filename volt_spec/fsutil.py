@@ -46,6 +46,12 @@ class NotRegularFile(OSError):
     """A path that should name a regular file names a FIFO, device, socket, directory or symlink."""
 
 
+def os_error(e: OSError) -> str:
+    """One line for a failed file operation: what failed and where."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
+
+
 def open_regular(path: str | os.PathLike, follow: bool = False) -> int:
     """An O_RDONLY fd of `path` if it is a regular file. Never blocks (O_NONBLOCK: a FIFO planted
     where a file should be would hang the open) and, unless `follow`, refuses a symlink."""

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from ..fsutil import os_error
 from . import vmctl
 from .home import VmDir, all_vm_names, write_json
 from .observe import ALIVE, BUSY, FAILED, observe
@@ -183,14 +184,8 @@ def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result
         except vmctl.VmStartError as e:
             return Result(spec.name, action, error=str(e) + _rollback(vm_dir, old))
         except OSError as e:                 # ENOSPC, EIO, EROFS writing $VOLT_HOME
-            return Result(spec.name, action, error=f"{os_error(e)}" + _rollback_quietly(vm_dir, old))
+            return Result(spec.name, action, error=os_error(e) + _rollback_quietly(vm_dir, old))
     return Result(spec.name, action, detail, time.monotonic() - t0)
-
-
-def os_error(e: OSError) -> str:
-    """One line for a failed file operation: what failed and where."""
-    where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or e}{where}"
 
 
 def _rollback_quietly(vm_dir: VmDir, old: dict | None) -> str:

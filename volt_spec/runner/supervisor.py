@@ -265,9 +265,8 @@ class Supervisor:
 
 def describe(e: BaseException) -> str:
     """One line naming the cause: an OSError's text and the file it was about."""
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    return str(e) or type(e).__name__
+    from ..fsutil import os_error
+    return os_error(e) if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
