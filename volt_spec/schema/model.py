@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..boot.layout import MiB
-from .files import BUILTIN_TESTGUEST, resolve
 from ..jail.config import default_memory_limit
+from .files import BUILTIN_TESTGUEST, resolve
 from .sizes import duration_seconds, memory_bytes
 
 DEFAULT_MEMORY = "128Mi"

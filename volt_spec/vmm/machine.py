@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import _thread
 
 import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
 
 from ..boot import layout
+from ..jail import enter_device_thread
 from ..kvm import exits as x
 from ..kvm import structs as s
 from ..kvm.memory import GuestMemory
@@ -430,9 +430,7 @@ class Machine:
             vcpu.set_immediate_exit(True)
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
-        jailed = sys.modules.get("volt_spec.jail.seccomp")     # loaded only when the process's filter is
-        if jailed is not None:
-            jailed.enter_thread("device")     # and this thread's own, narrower one
+        enter_device_thread()                 # the process's seccomp filter and this thread's narrower one
         pio, mmio, lock = self.pio, self.mmio, self.bus_lock
         counts, index = self.exit_counts, vcpu.index
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import threading
 from contextlib import ExitStack, contextmanager
 
@@ -26,6 +25,7 @@ from ..devices.virtio.blk import VirtioBlk
 from ..devices.virtio.mmio import VirtioMmio
 from ..devices.virtio.net import VirtioNet
 from ..devices.virtio.tap import Tap, mac_for
+from ..jail import enter_device_thread
 
 QUEUE_NOTIFY_OFFSET = 0x50
 FICLONE = 0x40049409
@@ -121,10 +121,10 @@ def copy_file(src: str, dst: str) -> None:
             raise
         out, tmp = os.open(dst, flags), None
     with os.fdopen(open_regular(src), "rb") as fin, os.fdopen(out, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
         except OSError:
+            size = os.fstat(fin.fileno()).st_size
             done = 0
             while done < size:
                 n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, done, done)
@@ -204,9 +204,7 @@ class VirtioDevices:
             threading.Thread(target=self._io_loop, name="virtio-io", daemon=True).start()
 
     def _io_loop(self) -> None:
-        jailed = sys.modules.get("volt_spec.jail.seccomp")     # loaded only when the process's filter is
-        if jailed is not None:
-            jailed.enter_thread("device")     # guest-made data is handled here: the narrow filter
+        enter_device_thread()                 # guest-made data is handled here: the narrow filter
         self.notifications = 0
         debug = bool(os.environ.get("VOLT_VIRTIO_DEBUG"))
         poller = select.poll()
