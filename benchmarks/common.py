@@ -168,7 +168,8 @@ def jailed_popen(cmd: list[str], **popen) -> subprocess.Popen:
     jail's description is made before, once per command line, as volt makes it before it starts
     the supervisor."""
     from volt_spec.jail.enter import spawn
-    proc, jail = spawn(cmd + ["--seccomp"], _jail_config(tuple(cmd)), **popen)
+    jail_config, taps = _jail_config(tuple(cmd))
+    proc, jail = spawn(cmd + ["--seccomp"], jail_config, taps, **popen)
     _cgroups.update(jail["cgroup"])
     return proc
 
@@ -187,9 +188,14 @@ _configs: dict = {}
 
 
 def _jail_config(cmd: tuple[str, ...]):
+    """(the JailConfig, the tap devices to open) of a volt-vmm command line, as `volt-vmm --jail`
+    makes them (vmm/jailed.py): from the VmmConfig its flags describe, and its --config/--policy files."""
     if cmd not in _configs:
+        from volt_spec.vmm.config.args import config_from_args
         from volt_spec.vmm.jailed import jail_for
-        from volt_spec.vmm.main import parse_args, state_dir
+        from volt_spec.vmm.main import parse_args
         opts = parse_args(list(cmd[cmd.index(next(a for a in cmd if a.startswith("--"))):]))
-        _configs[cmd] = jail_for(opts, state_dir(opts) if "api_sock" in opts else None)
+        config = config_from_args(opts)
+        files = [opts[k] for k in ("config", "policy") if k in opts]
+        _configs[cmd] = (jail_for(config, files), [nic.tap for nic in config.network])
     return _configs[cmd]

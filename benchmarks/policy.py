@@ -28,25 +28,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from volt_spec.guest.build import build_guest  # noqa: E402
 from volt_spec.runner.vmctl import vmm_command  # noqa: E402
 from volt_spec.snapshot.format import read_state  # noqa: E402
+from volt_spec.vmm.config import PolicyConfig  # noqa: E402
 
 TICK = re.compile(rb"^tick (\d+) clock_ms=(\d+)", re.M)
 PERIOD_MS = 10
 
 
 def run(guest: str, memory: int, seconds: float, policy: Path | None) -> bytes:
+    """The guest's console for `seconds`; a VMM that exits before then is an error (its stderr said why)."""
     cmd = vmm_command() + ["--kernel", guest, "--memory", str(memory),
-                   "--cmdline", f"volt.ticks=0 volt.tick_ms={PERIOD_MS} volt.mem=64"]
+                           "--cmdline", f"volt.ticks=0 volt.tick_ms={PERIOD_MS} volt.mem=64"]
     if policy:
         cmd += ["--policy", str(policy)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    out = b""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            out += os.read(proc.stdout.fileno(), 65536)
-    proc.kill()
-    proc.wait()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        out = b""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536)
+        code = proc.poll()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        if code is not None:
+            err.seek(0)
+            raise RuntimeError(f"volt-vmm exited ({code}) within {seconds:g} s: {err.read().decode(errors='replace')}")
     return out
 
 
@@ -69,9 +77,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             snapdir = Path(tmp) / "snaps"
             policy = Path(tmp) / "policy.json"
-            policy.write_text(json.dumps({"vm": "bench", "snapshot_dir": str(snapdir),
-                                          "triggers": [{"trigger": "interval", "every": "1s", "everySeconds": 1}],
-                                          "retain": {"count": 1000}}))
+            doc = {"vm": "bench", "snapshot_dir": str(snapdir), "triggers": [{"trigger": "interval", "every_s": 1}],
+                   "retain": {"count": 1000}}
+            PolicyConfig.from_dict(doc, "the benchmark's policy")      # the VMM's own check: fail here, loudly
+            policy.write_text(json.dumps(doc))
             base = delays(run(guest, memory, args.seconds, None))
             with_policy_out = run(guest, memory, args.seconds, policy)
             with_policy = delays(with_policy_out)

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from volt_spec.boot import acpi, aml, layout
+from volt_spec import layout
+from volt_spec.boot import acpi, aml
 from volt_spec.boot.acpi import AcpiTables, VirtioMmioDesc, build_acpi_tables
 
 CPU_COUNTS = (1, 4, 64)

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from volt_spec.api.client import ApiClient
 from volt_spec.api.errors import ApiError, ApiUnavailable, SocketInUse
-from volt_spec.api.server import MAX_BODY, SERVER_VERSION, ApiServer
+from volt_spec.api.framing import MAX_BODY
+from volt_spec.api.routes import SERVER_VERSION
+from volt_spec.api.server import ApiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -477,8 +479,8 @@ def test_idle_connections_use_no_threads_and_past_the_cap_get_503(server: ApiSer
 
 def test_a_client_trickling_its_head_is_dropped_at_the_deadline(server: ApiServer, monkeypatch) -> None:
     """Slowloris: a byte every 50 ms never idles the socket, but the head's deadline still passes."""
-    import volt_spec.api.server as srv
-    monkeypatch.setattr(srv, "HEAD_TIMEOUT_S", 0.5)
+    import volt_spec.api.framing as framing
+    monkeypatch.setattr(framing, "HEAD_TIMEOUT_S", 0.5)
     with raw_connect(server.path) as s:
         s.sendall(b"GET /vm HTTP/1.1\r\n")
         sent = 0

@@ -201,7 +201,7 @@ def debian_kernel_or_fail():
 
 @pytest.mark.linux
 def test_debian_cloud_kernel():
-    from volt_spec.boot.vmlinux_elf import parse_elf_kernel
+    from volt_spec.boot.elf import ElfImage
     data = debian_kernel_or_fail().read_bytes()
     img = parse_bzimage(data)
     assert img.header.version >= 0x020C
@@ -211,9 +211,10 @@ def test_debian_cloud_kernel():
     # mkpiggy's trailer: the last 4 payload bytes are the uncompressed size.
     elf = extract_vmlinux(data)
     assert struct.unpack("<I", img.payload[-4:])[0] == len(elf)
-    kernel = parse_elf_kernel(elf)
-    assert kernel.entry == kernel.phys_entry == img.header.pref_address
-    assert kernel.pvh_entry is not None and kernel.segments[0].paddr <= kernel.pvh_entry < kernel.phys_end
+    kernel = ElfImage(elf)
+    assert kernel.is64 and kernel.entry == kernel.phys_entry() == img.header.pref_address
+    lo, hi = kernel.phys_span()
+    assert kernel.pvh_entry() is not None and lo <= kernel.pvh_entry() < hi
 
 
 def test_fetch_reuses_the_cache_without_apt(tmp_path, monkeypatch):

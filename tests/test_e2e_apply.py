@@ -96,7 +96,7 @@ def test_concurrent_applies_start_one_vm(volt, tmp_path):
         t.join()
     verbs = sorted(r.split()[1] for r in results)
     assert verbs == ["created", "unchanged", "unchanged"], results
-    vmm = subprocess.run(["pgrep", "-f", f"{volt.home}/vms/c/run/api.sock"], capture_output=True, text=True)
+    vmm = subprocess.run(["pgrep", "-f", f"{volt.home}/vms/c/run/vm.json"], capture_output=True, text=True)
     pids = [p for p in vmm.stdout.split() if p]
     # the supervisor's command line names the socket too: one supervisor + one VMM
     assert len(pids) == 2, vmm.stdout

@@ -16,7 +16,7 @@ def test_state_files_and_directories_are_private(volt, tmp_path):
     snap = volt.home / "snapshots" / "m" / "s"
     for path in [vm, vm / "run", volt.home / "vms", volt.home / "locks", volt.home / "snapshots" / "m", snap]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    for name in ["applied.json", "instance.json", "console.log", "supervisor.log", "jail.json", "run/policy.json"]:
+    for name in ["applied.json", "instance.json", "console.log", "supervisor.log", "jail.json", "run/vm.json"]:
         assert stat.S_IMODE((vm / name).stat().st_mode) == 0o600, name
     for path in snap.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

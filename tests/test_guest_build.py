@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from volt_spec.boot import layout
+from volt_spec import layout
 from volt_spec.guest import build, protocol
 
 PT_LOAD = 1

@@ -124,7 +124,7 @@ def policy_api(real_api, tmp_path):
     """A running VMM with an interval policy in place (the old policy a bad one must not touch)."""
     _vmm, api, _sock = real_api
     api.put("/policy", {"vm": "p", "snapshot_dir": str(tmp_path / "snaps"),
-                        "triggers": [{"trigger": "interval", "every": "1h", "everySeconds": 3600}]})
+                        "triggers": [{"trigger": "interval", "every_s": 3600}]})
     return api
 
 
@@ -137,7 +137,8 @@ def policy_api(real_api, tmp_path):
     {"vm": "p", "triggers": [{"trigger": "stop", "extra": True}]},
     {"vm": "p", "clock": "sometimes"},
     {"vm": "Not A Name"},
-    {"vm": "p", "retain": {"maxAgeSeconds": -5}},
+    {"vm": "p", "retain": {"max_age_s": -5}},
+    {"vm": "p", "triggers": [{"trigger": "interval", "every": "1h"}]},
     [1, 2],
 ])
 def test_a_bad_policy_is_refused_whole_and_the_old_one_stays(policy_api, body):

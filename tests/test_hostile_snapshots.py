@@ -136,7 +136,7 @@ def drop(*keys):
 
 def huge_memory(state: dict) -> None:
     """A consistent state for 100000 MiB: only the host's limit can refuse it."""
-    from volt_spec.boot.layout import MiB, ram_ranges
+    from volt_spec.layout import MiB, ram_ranges
     size = 100000 * MiB
     state["meta"]["memory_mib"] = 100000
     state["memory"]["size"] = size

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from volt_spec.boot import layout
+from volt_spec import layout
 from volt_spec.kvm.flavour import kvm_flavour
 
 from volt_spec.boot.initramfs import (DISK_MARKER, HOST_IP, INIT_MARKER, VIRTIO_MODULES, build_initramfs, cpio_names,

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from tests.test_bzimage import FAKE_ELF, debian_kernel_or_fail, make_bzimage
-from volt_spec.boot import layout
+from volt_spec import layout
 from volt_spec.boot.bzimage import CAN_USE_HEAP, LOADED_HIGH, KernelFormatError
 from volt_spec.boot.linux import (
     LinuxBoot,
@@ -19,7 +19,7 @@ from volt_spec.boot.linux import (
     load_vmlinux_elf,
 )
 from volt_spec.boot.pagetables import BOOT_CS, BOOT_DS
-from volt_spec.boot.vmlinux_elf import parse_elf_kernel
+from volt_spec.boot.elf import ElfImage
 
 MiB = layout.MiB
 GiB = layout.GiB
@@ -231,13 +231,13 @@ def test_elf_loads_by_physical_address():
     assert u32(page, 0x21C) == 100 and u32(page, 0x218) == boot.initrd_range[0]
     assert u32(page, 0x238) == 2047 and u16(page, 0x236) & 1
     assert e820_of(page) == layout.memory_map(256 * MiB)
-    assert parse_elf_kernel(elf).pvh_entry == 16 * MiB + 0x850
+    assert ElfImage(elf).pvh_entry() == 16 * MiB + 0x850
 
 
 def test_elf_virtual_entry_is_translated():
     elf = make_elf([(16 * MiB, KVIRT + 16 * MiB, b"T" * 64, 4096)], entry=KVIRT + 16 * MiB + 0x40)
     assert load_vmlinux_elf(elf, 64 * MiB, "").entry == 16 * MiB + 0x40
-    assert parse_elf_kernel(elf).pvh_entry is None
+    assert ElfImage(elf).pvh_entry() is None
 
 
 def test_elf_errors():
@@ -250,6 +250,8 @@ def test_elf_errors():
     truncated = make_elf([(16 * MiB, KVIRT, b"x" * 4096, 4096)], 16 * MiB)[:-10]
     with pytest.raises(KernelFormatError, match="truncated ELF"):
         load_vmlinux_elf(truncated, 64 * MiB, "")
+    with pytest.raises(KernelFormatError, match="truncated ELF"):      # the file header itself
+        load_vmlinux_elf(truncated[:40], 64 * MiB, "")
     with pytest.raises(ValueError, match="accepts at most 2047"):
         load_vmlinux_elf(make_elf([(16 * MiB, KVIRT, b"x", 1)], 16 * MiB), 64 * MiB, "c" * 2048)
 

@@ -39,11 +39,13 @@ def machine():
     require_kvm()
     from volt_spec.guest.build import build_guest
     from volt_spec.kvm.system import Kvm
-    from volt_spec.vmm.main import boot, config_from
+    from volt_spec.vmm.builder import build, launch
+    from volt_spec.vmm.config import BootSourceConfig, VmmConfig
     from volt_spec.vmm.machine import install_kick_handler
     install_kick_handler()
     kvm = Kvm()
-    m, _ = boot(kvm, config_from({"kernel": str(build_guest()), "cmdline": "volt.ticks=0 volt.tick_ms=20"}, kvm))
+    m = build(kvm, VmmConfig(boot_source=BootSourceConfig(str(build_guest()), cmdline="volt.ticks=0 volt.tick_ms=20")))
+    launch(m)
     yield m
     m.request_exit(0, "test over")
     for t in m.threads:
@@ -61,7 +63,7 @@ def test_a_hold_parks_the_guest_at_once_and_release_resumes_it(machine):
             seen["token"] = machine.hold()
             seen["at"] = len(console.text)
 
-    machine.add_console_tap(tap)
+    machine.devices.add_console_tap(tap)
     console.wait_for(rb"tick 2 ")
     machine.pause()                          # waits until every vCPU is parked: nothing runs now
     assert seen["token"] is not None and machine.state == "Paused"
@@ -73,7 +75,7 @@ def test_a_hold_parks_the_guest_at_once_and_release_resumes_it(machine):
 
 def test_a_user_pause_outlives_a_hold(machine):
     console = Console()
-    machine.add_console_tap(console)
+    machine.devices.add_console_tap(console)
     console.wait_for(rb"tick 1 ")
     token = machine.hold()
     assert token is not None and machine.hold() is None      # one pause at a time

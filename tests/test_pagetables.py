@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from volt_spec.boot import layout
+from volt_spec import layout
 from volt_spec.boot.pagetables import (
     BOOT_CS,
     BOOT_DS,

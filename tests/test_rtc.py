@@ -8,7 +8,8 @@ import pytest
 
 from volt_spec.devices import rtc
 from volt_spec.devices.rtc import Reg, Rtc, RtcState
-from volt_spec.devices.state_json import state_from_json, state_to_json
+
+from .device_json import via_snapshot
 
 # Thursday 2024-02-29 23:59:58 UTC.
 NOW = calendar.timegm((2024, 2, 29, 23, 59, 58, 0, 0, 0)) + 0.75
@@ -61,7 +62,7 @@ def test_writes_ignored_and_other_indexes_read_zero(dev: Rtc) -> None:
 
 def test_state_roundtrip_through_json(dev: Rtc) -> None:
     dev.write(rtc.INDEX_OFFSET, Reg.YEAR)
-    back = state_from_json(RtcState, state_to_json(dev.save()))
+    back = via_snapshot(dev.save())
     twin = Rtc(lambda: NOW)
     twin.restore(back)
     assert twin.read(rtc.DATA_OFFSET) == dev.read(rtc.DATA_OFFSET) == 0x24

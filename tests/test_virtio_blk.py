@@ -10,6 +10,8 @@ from volt_spec.devices.virtio import blk as b
 from volt_spec.devices.virtio import mmio as m
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
 
+from .device_json import via_snapshot
+
 SECTORS = 64
 
 
@@ -151,8 +153,20 @@ def test_disk_id_longer_than_20_bytes_refused(image):
         b.VirtioBlk(str(image), disk_id="x" * 21)
 
 
-def test_quiesce_and_inflight(memory, image):
-    disk, dev, _ = setup(memory, image)
-    assert disk.flush_inflight() == 0
-    disk.quiesce()
-    dev.quiesce()
+def test_counters_survive_save_restore(memory, image):
+    disk, _, drv = setup(memory, image)
+    run(drv, [header(b.Req.IN, 1)], [512, 1])
+    run(drv, [header(0x99)], [1])
+    state = via_snapshot(disk.save())
+    assert state == disk.save() and (state.reads, state.bytes_read, state.errors) == (1, 512, 1)
+    twin = b.VirtioBlk(str(image))
+    try:
+        twin.restore(state)
+        assert twin.save() == state
+        with pytest.raises(ValueError, match="counters"):
+            twin.restore(state.replace(errors=-1))
+        with pytest.raises(ValueError, match="counters"):
+            twin.restore(state.replace(reads=True))
+    finally:
+        twin.close()
+        disk.close()

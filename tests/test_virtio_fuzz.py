@@ -3,8 +3,9 @@ and available rings drive virtio-blk and virtio-net through `queue_notify`.
 
 Properties: nothing escapes the device as an exception; every guest-memory read/write
 the device performs is inside guest RAM (the wrapper asserts it; `region_for` may be
-asked about anything, that is the bounds check itself); and after a notify the device
-has either completed every chain it took, or marked itself DEVICE_NEEDS_RESET.
+asked about anything, that is the bounds check itself); after a notify the device
+has either completed every chain it took, or marked itself DEVICE_NEEDS_RESET; and
+whatever state the driver left, a snapshot of it restores (through the product's codec).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from volt_spec.devices.virtio import net as n
 from volt_spec.devices.virtio.tap import FakeTap
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
 from volt_spec.kvm.memory import GuestMemory
+
+from .device_json import via_snapshot
 
 RAM = 1 << 20
 DATA = 0x40000                    # random bytes and planted request headers live here
@@ -170,6 +173,14 @@ def check_outcome(dev, q, avail_idx, start, may_leave_pending=False):
         assert q.last_avail_idx == avail_idx                # and all were taken
 
 
+def check_restores(dev, model):
+    """The saved state survives state.json and loads into a fresh transport over `model`."""
+    state = via_snapshot(dev.save())
+    twin = m.VirtioMmio(model, dev.memory, IrqRecorder())
+    twin.restore(state)
+    assert twin.save() == state
+
+
 SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
@@ -184,6 +195,11 @@ def test_blk_survives_adversarial_queues(ram, image, s, read_only):
         dev.queue_notify(0)
         check_outcome(dev, q, avail_idx, s["start"])
         dev.queue_notify(0)                                # a second kick is harmless too
+        twin = b.VirtioBlk(image, read_only=read_only)
+        try:
+            check_restores(dev, twin)
+        finally:
+            twin.close()
     finally:
         disk.close()
 
@@ -196,6 +212,7 @@ def test_net_tx_survives_adversarial_queues(ram, s):
         dev, q, avail_idx = drive(ram, n.VirtioNet(tap, b"\x02" + bytes(5)), n.TX_QUEUE, s)
         dev.queue_notify(n.TX_QUEUE)
         check_outcome(dev, q, avail_idx, s["start"])
+        check_restores(dev, n.VirtioNet(tap, b"\x02" + bytes(5)))
     finally:
         tap.close()
 
@@ -213,6 +230,7 @@ def test_net_rx_survives_adversarial_queues(ram, s):
         dev.queue_notify(n.RX_QUEUE)
         check_outcome(dev, q, avail_idx, s["start"], may_leave_pending=True)
         if not dev.status & m.STATUS_NEEDS_RESET:
-            assert nic.rx_pending == 0 or q.last_avail_idx == avail_idx
+            assert not nic.save().pending or q.last_avail_idx == avail_idx
+        check_restores(dev, n.VirtioNet(tap, b"\x02" + bytes(5)))
     finally:
         tap.close()

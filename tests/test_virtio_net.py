@@ -8,6 +8,9 @@ from volt_spec.devices.virtio import mmio as m
 from volt_spec.devices.virtio import net as n
 from volt_spec.devices.virtio.tap import FakeTap, ifreq, mac_for
 from volt_spec.devices.virtio.testing import IrqRecorder, MmioDriver
+from volt_spec.snapshot import codec
+
+from .device_json import via_snapshot
 
 MAC = bytes.fromhex("02aabbccddee")
 FRAME = bytes.fromhex("ffffffffffff") + MAC + b"\x08\x00" + b"hello" * 20
@@ -18,6 +21,11 @@ def tap():
     t = FakeTap()
     yield t
     t.close()
+
+
+def rx_pending(nic):
+    """Frames read from the tap and not yet delivered, as the NIC would save them."""
+    return len(nic.save().pending)
 
 
 def setup(memory, tap):
@@ -77,12 +85,12 @@ def test_rx_waits_for_buffers(memory, tap):
     tap.inject(FRAME)
     tap.inject(FRAME[::-1])
     nic.poll_rx()
-    assert nic.rx_pending == 2 and rx.used_idx() == 0 and irq.count == 0
+    assert rx_pending(nic) == 2 and rx.used_idx() == 0 and irq.count == 0
     subs = [rx.add([], [2048]) for _ in range(2)]
     drv.notify(n.RX_QUEUE)
     assert [u[0] for u in rx.take_used()] == [s.head for s in subs]
     assert rx.read(subs[1])[0][n.HDR_SIZE:n.HDR_SIZE + len(FRAME)] == FRAME[::-1]
-    assert nic.rx_pending == 0
+    assert rx_pending(nic) == 0
 
 
 def test_rx_pending_is_bounded_and_tap_drained(memory, tap):
@@ -92,7 +100,7 @@ def test_rx_pending_is_bounded_and_tap_drained(memory, tap):
         if i % 50 == 49:
             nic.poll_rx()           # socket buffer is finite: poll as the VMM would
     nic.poll_rx()
-    assert nic.rx_pending == n.RX_PENDING_MAX and nic.rx_dropped == 5
+    assert rx_pending(nic) == n.RX_PENDING_MAX and nic.rx_dropped == 5
     assert tap.read() is None
 
 
@@ -111,14 +119,37 @@ def test_reset_drops_pending_and_save_restore_keeps_it(memory, tap):
     nic, dev, drv, _ = setup(memory, tap)
     tap.inject(FRAME)
     nic.poll_rx()
-    state = dev.save()
-    assert state.device["pending"] == [FRAME.hex()]
-    nic2 = n.VirtioNet(FakeTap(), MAC)
-    dev2 = m.VirtioMmio(nic2, memory, IrqRecorder())
-    dev2.restore(state)
-    assert nic2.rx_pending == 1
+    state = via_snapshot(dev.save())
+    assert state.device.pending == [FRAME.hex()] and state.device.counters == [0] * 6
+    tap2 = FakeTap()
+    try:
+        nic2 = n.VirtioNet(tap2, MAC)
+        dev2 = m.VirtioMmio(nic2, memory, IrqRecorder())
+        dev2.restore(state)
+        assert dev2.save() == state
+        rx = drv.queues[n.RX_QUEUE]
+        sub = rx.add([], [n.HDR_SIZE + 1514])
+        dev2.queue_notify(n.RX_QUEUE)                  # the restored frame reaches the guest
+        assert rx.read(sub)[0][n.HDR_SIZE:n.HDR_SIZE + len(FRAME)] == FRAME
+        assert rx_pending(nic2) == 0 and nic2.rx_frames == 1
+    finally:
+        tap2.close()
     drv.write(m.Reg.STATUS, 0)
-    assert nic.rx_pending == 0
+    assert rx_pending(nic) == 0
+
+
+@pytest.mark.parametrize("device", [
+    {"pending": ["zz"], "counters": [0] * 6},                 # not hex
+    {"pending": [], "counters": [0] * 5},                     # a counter missing
+    {"pending": [], "counters": [0, 0, 0, 0, 0, -1]},
+    {"pending": [FRAME.hex()] * (n.RX_PENDING_MAX + 1), "counters": [0] * 6},
+])
+def test_restore_refuses_bad_net_state(memory, tap, device):
+    _, dev, _, _ = setup(memory, tap)
+    data = dict(codec.encode(dev.save()), device=device)
+    with pytest.raises(ValueError):
+        m.VirtioMmio(n.VirtioNet(tap, MAC), memory, IrqRecorder()).restore(
+            codec.decode(m.VirtioMmioState, data))
 
 
 def test_mac_for_is_stable_local_unicast():

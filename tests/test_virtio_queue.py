@@ -7,6 +7,8 @@ import pytest
 from volt_spec.devices.virtio import queue as vq
 from volt_spec.devices.virtio.testing import Heap, QueueDriver
 
+from .device_json import via_snapshot
+
 SIZE = 8
 RAM = 16 << 20
 
@@ -127,8 +129,9 @@ def test_need_event_matches_spec_examples():
 def test_restore_validates(memory):
     q = vq.Virtqueue(8, memory)
     good = q.save()
-    q.restore(dict(good, size=8, last_avail_idx=5))
-    assert q.last_avail_idx == 5
-    for bad in [dict(good, size=9), dict(good, ready=1), dict(good, used_idx=-1), {"size": 1}]:
+    q.restore(via_snapshot(good.replace(size=8, last_avail_idx=5)))
+    assert q.last_avail_idx == 5 and q.save() == good.replace(size=8, last_avail_idx=5)
+    for bad in [good.replace(size=9), good.replace(ready=1), good.replace(used_idx=-1),
+                good.replace(desc=1 << 64)]:
         with pytest.raises(ValueError):
             q.restore(bad)

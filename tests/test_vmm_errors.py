@@ -48,7 +48,7 @@ def guest() -> str:
     (["--kernel", "{guest}", "--boot", "bios"], "--boot must be pvh or linux64"),
     (["--kernel", "{guest}", "--initrd", "/nonexistent/initrd"], "initrd /nonexistent/initrd: no such file"),
     (["--frobnicate"], "unknown option"),
-    ([], "--kernel (boot), --restore (from a snapshot) or --api-sock alone"),
+    ([], "--kernel (boot), --restore (from a snapshot), --config FILE or --api-sock alone"),
 ])
 def test_bad_input_gives_one_line(guest, args, message):
     args = [a.replace("{guest}", guest) for a in args]

@@ -16,10 +16,12 @@ from .timing import scaled
 class VmmProcess:
     """A running volt-vmm whose stdout is read line by line as the guest prints."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, code: str | None = None) -> None:
+        """`code`: a directory holding another volt_spec to run instead (an older build's)."""
         self.args = [sys.executable, "-m", "volt_spec.vmm.main", *args]
+        env = dict(os.environ, PYTHONPATH=code) if code else None
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env, cwd=code)
         self.lines: list[str] = []
         self._buf = b""
         self.started = time.monotonic()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import struct
 
-from volt_spec.boot import aml, layout
+from volt_spec import layout
+from volt_spec.boot import aml
 
 # Boot path: no `dataclasses` (it pulls in `inspect`), `typing` or `collections`.
 TYPE_CHECKING = False

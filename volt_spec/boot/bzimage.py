@@ -13,6 +13,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from volt_spec.boot.elf import ELF_MAGIC
+
 SECTOR_SIZE = 512
 DEFAULT_SETUP_SECTS = 4            # setup_sects == 0 means 4 (boot.rst, note 1)
 SETUP_HEADER_OFFSET = 0x1F1
@@ -69,7 +71,6 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"               # 0x184C2102 little-endian
 LZ4_LEGACY_BLOCK_MAX = 8 << 20                        # lz4 -l: 8 MiB uncompressed per block
-ELF_MAGIC = b"\x7fELF"
 GZIP_WBITS = 16 + zlib.MAX_WBITS                   # zlib: expect a gzip header
 
 

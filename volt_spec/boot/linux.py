@@ -28,7 +28,7 @@ from volt_spec.boot.bzimage import (
     KernelFormatError,
     parse_bzimage,
 )
-from volt_spec.boot.layout import (
+from volt_spec.layout import (
     BOOT_GDT_ADDR,
     BOOT_STACK_TOP,
     CMDLINE_ADDR,
@@ -53,7 +53,7 @@ from volt_spec.boot.pagetables import (
     gdt_limit,
     identity_map_writes,
 )
-from volt_spec.boot.vmlinux_elf import parse_elf_kernel
+from volt_spec.boot.elf import EM_X86_64, ElfError, ElfImage
 
 ZERO_PAGE_SIZE = 4096
 # struct boot_params offsets outside the setup header (bootparam.h).
@@ -305,10 +305,9 @@ def load_vmlinux_elf(
     the physical startup_64 (0x1000000 in Debian's kernel). Only p_filesz
     bytes are written: fresh guest RAM is zero, and Linux clears its own .bss.
     """
-    kernel = parse_elf_kernel(elf_bytes)
+    kernel = _parse_vmlinux(elf_bytes)
     low_end = _low_ram_end(mem_size)
-    start = min(seg.paddr for seg in kernel.segments)
-    end = kernel.phys_end
+    start, end = kernel.phys_span()
     if start < HIMEM_START:
         raise KernelFormatError(
             f"ELF segment at {start:#x} would overwrite the boot structures below 1 MiB")
@@ -316,8 +315,25 @@ def load_vmlinux_elf(
         raise ValueError(
             f"guest memory too small: the kernel needs RAM up to {end / MiB:.0f} MiB, "
             f"the VM has {mem_size / MiB:.0f} MiB")
-    writes = [(seg.paddr, seg.data) for seg in kernel.segments if seg.data]
     return _finish(
-        kernel_writes=writes, kernel_range=(start, end), entry=kernel.phys_entry,
+        kernel_writes=kernel.load_writes(), kernel_range=(start, end), entry=_phys_entry(kernel),
         header=elf_setup_header(start, end), mem_size=mem_size, cmdline=cmdline,
         initrd=initrd, rsdp_addr=rsdp_addr, reserved=reserved)
+
+
+def _parse_vmlinux(data: bytes) -> ElfImage:
+    """An ELF64 x86-64 kernel; a bad one is a KernelFormatError, like a bad bzImage."""
+    try:
+        kernel = ElfImage(data)
+    except ElfError as e:
+        raise KernelFormatError(str(e)) from None
+    if not kernel.is64 or kernel.machine != EM_X86_64:
+        raise KernelFormatError("not an x86-64 ELF64 little-endian kernel")
+    return kernel
+
+
+def _phys_entry(kernel: ElfImage) -> int:
+    try:
+        return kernel.phys_entry()
+    except ElfError as e:
+        raise KernelFormatError(str(e)) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from volt_spec.boot.layout import (
+from volt_spec.layout import (
     BOOT_GDT_ADDR,
     BOOT_IDT_ADDR,
     GiB,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from . import layout
+from .. import layout
 
 HVM_START_MAGIC = 0x336EC578
 HVM_START_INFO = struct.Struct("<IIIIQQQQII")          # 56 bytes, version 1

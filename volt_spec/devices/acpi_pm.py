@@ -15,12 +15,12 @@ continues instead of spinning forever.
 
 from __future__ import annotations
 
+from volt_spec.devices.state import DeviceState
+
 # Boot path: no `typing`, `collections` or `dataclasses` at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from volt_spec.devices.states import AcpiSleepState
 
 CONTROL_OFFSET = 0
 STATUS_OFFSET = 1
@@ -34,12 +34,11 @@ SLP_EN = 0x20
 WAK_STS = 0x80
 
 
-def __getattr__(name: str) -> object:
-    """Lazily re-export `AcpiSleepState` (PEP 562), keeping `dataclasses` off the boot path."""
-    if name == "AcpiSleepState":
-        from volt_spec.devices.states import AcpiSleepState
-        return AcpiSleepState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class AcpiSleepState(DeviceState):
+    """Only WAK_STS persists; the control register reads as zero."""
+
+    __slots__ = ("wak_sts",)
+    FIELDS = {"wak_sts": (bool, False)}
 
 
 def slp_typ(control: int) -> int:
@@ -49,6 +48,8 @@ def slp_typ(control: int) -> int:
 
 class AcpiSleep:
     """Two registers: offset 0 = sleep control, offset 1 = sleep status."""
+
+    State = AcpiSleepState
 
     def __init__(self, on_sleep: Callable[[int], None]) -> None:
         self._on_sleep = on_sleep
@@ -73,12 +74,7 @@ class AcpiSleep:
             case _:
                 pass  # control without SLP_EN, or reserved status bits: no effect
 
-    def wake(self) -> None:
-        """Report a wake event (sets WAK_STS), e.g. when the VMM resumes the guest."""
-        self._wak_sts = True
-
     def save(self) -> AcpiSleepState:
-        from volt_spec.devices.states import AcpiSleepState
         return AcpiSleepState(wak_sts=self._wak_sts)
 
     def restore(self, state: AcpiSleepState) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 
-from volt_spec.boot import layout
+from volt_spec import layout
 
 # Boot path: no `typing`, `collections` or `dataclasses` at run time. The device
 # protocols exist for type checkers only; at run time a device is "wide" when it
@@ -98,15 +98,6 @@ class Slot:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Slot is immutable (cannot set {name!r})")
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Slot):
-            return NotImplemented
-        return (self.base, self.length, self.device, self.wide) == (
-            other.base, other.length, other.device, other.wide)
-
-    def __hash__(self) -> int:
-        return hash((self.base, self.length, id(self.device), self.wide))
-
     def __repr__(self) -> str:
         return (f"Slot(base={self.base:#x}, length={self.length:#x}, "
                 f"device={type(self.device).__name__}, wide={self.wide})")
@@ -141,15 +132,6 @@ class _Bus:
                 f"at {clash.base:#x}+{clash.length:#x}"
             )
         self._add(Slot(base, length, device, is_wide(device)))
-
-    def lookup(self, addr: int) -> tuple[Device, int] | None:
-        """The device owning `addr` and its base address, or None."""
-        slot = self._find(addr)
-        return None if slot is None else (slot.device, slot.base)
-
-    def devices(self) -> list[Slot]:
-        """Every mapping, sorted by base (for the VMM's save/restore and reports)."""
-        raise NotImplementedError
 
     def read(self, addr: int, size: int) -> bytes:
         """A guest load of `size` bytes at `addr`."""
@@ -217,9 +199,6 @@ class PioBus(_Bus):
         for port in range(slot.base, slot.end):
             self._ports[port] = slot
 
-    def devices(self) -> list[Slot]:
-        return sorted(set(self._ports.values()), key=lambda slot: slot.base)
-
     def insert_noise_sinks(self, ports: tuple[int, ...] = layout.NOISE_PORTS) -> None:
         """Claim the ports Linux pokes without needing a device, so they are not 'unknown'."""
         for port in ports:
@@ -254,6 +233,3 @@ class MmioBus(_Bus):
         i = bisect.bisect_left(self._bases, slot.base)
         self._bases.insert(i, slot.base)
         self._slots.insert(i, slot)
-
-    def devices(self) -> list[Slot]:
-        return list(self._slots)

@@ -16,8 +16,9 @@ the command byte enables keyboard interrupts.
 
 from __future__ import annotations
 
-from volt_spec.boot import layout
+from volt_spec import layout
 from volt_spec.devices.irq import pulse
+from volt_spec.devices.state import DeviceState
 
 # Boot path: no `typing`, `collections`, `enum` or `dataclasses` at run time.
 TYPE_CHECKING = False
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from volt_spec.devices.irq import IrqLine
-    from volt_spec.devices.states import I8042State
 
 DATA_OFFSET = 0
 COMMAND_OFFSET = layout.I8042_CMD_PORT - layout.I8042_DATA_PORT    # 4
@@ -118,16 +118,24 @@ CTRL_ALT_DEL = bytes([0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D])
 OUTPUT_LIMIT = 64             # bytes the controller queues for the guest; excess dropped
 
 
-def __getattr__(name: str) -> object:
-    """Lazily re-export `I8042State` (PEP 562), keeping `dataclasses` off the boot path."""
-    if name == "I8042State":
-        from volt_spec.devices.states import I8042State
-        return I8042State
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class I8042State(DeviceState):
+    """Everything needed to resume the controller exactly; defaults are the power-on values."""
+
+    __slots__ = ("ctr", "cmd_flag", "outport", "output", "pending_cmd", "pending_kbd_cmd")
+    FIELDS = {
+        "ctr": (int, DEFAULT_CTR),
+        "cmd_flag": (bool, False),        # STR_CMDDAT: last write was to the command port
+        "outport": (int, OUTPORT_DEFAULT),
+        "output": (bytes, b""),           # bytes queued for the guest at port 0x60
+        "pending_cmd": (int, 0),          # controller command waiting for its parameter (0 = none)
+        "pending_kbd_cmd": (int, 0),      # keyboard command waiting for its parameter (0 = none)
+    }
 
 
 class I8042:
     """The controller; `on_reset` is called when the guest pulses the CPU reset line."""
+
+    State = I8042State
 
     def __init__(self, irq: IrqLine, on_reset: Callable[[], None]) -> None:
         self._irq = irq
@@ -284,15 +292,9 @@ class I8042:
         """Queue Ctrl-Alt-Del (set 1 make + break codes) for the guest."""
         self._push(CTRL_ALT_DEL)
 
-    @property
-    def output_pending(self) -> int:
-        """Bytes waiting for the guest at port 0x60."""
-        return len(self._output)
-
     # -- persistence -------------------------------------------------------------
 
     def save(self) -> I8042State:
-        from volt_spec.devices.states import I8042State
         return I8042State(
             ctr=self._ctr, cmd_flag=self._cmd_flag, outport=self._outport,
             output=bytes(self._output), pending_cmd=self._pending_cmd,

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import time
 
-from volt_spec.boot import layout
+from volt_spec import layout
+from volt_spec.devices.state import DeviceState
 
 # Boot path: no `typing`, `collections`, `enum` or `dataclasses` at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from volt_spec.devices.states import RtcState
 
 INDEX_OFFSET = 0
 DATA_OFFSET = layout.RTC_DATA_PORT - layout.RTC_INDEX_PORT    # 1
@@ -56,12 +55,11 @@ STATUS_B = STATUS_B_24H
 STATUS_D = 0x80
 
 
-def __getattr__(name: str) -> object:
-    """Lazily re-export `RtcState` (PEP 562), keeping `dataclasses` off the boot path."""
-    if name == "RtcState":
-        from volt_spec.devices.states import RtcState
-        return RtcState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class RtcState(DeviceState):
+    """The only guest-visible state is the selected index; time comes from the host."""
+
+    __slots__ = ("index",)
+    FIELDS = {"index": (int, 0)}
 
 
 def bcd(value: int) -> int:
@@ -71,6 +69,8 @@ def bcd(value: int) -> int:
 
 class Rtc:
     """CMOS clock; `clock` returns seconds since the Unix epoch (UTC)."""
+
+    State = RtcState
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -124,7 +124,6 @@ class Rtc:
             self._index = value & INDEX_MASK
 
     def save(self) -> RtcState:
-        from volt_spec.devices.states import RtcState
         return RtcState(index=self._index)
 
     def restore(self, state: RtcState) -> None:

@@ -19,14 +19,14 @@ the VMM serialises calls (vCPU exits and host input) and owns the IRQ line.
 from __future__ import annotations
 
 from volt_spec.devices.irq import LevelLatch
+from volt_spec.devices.state import DeviceState
 
-# Boot path: no `typing`, `collections` or `dataclasses` at run time (see states.py).
+# Boot path: no `typing`, `collections` or `dataclasses` at run time (see devices/state.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from volt_spec.devices.irq import IrqLine
-    from volt_spec.devices.states import SerialState
 
 # Register offsets from the base port (datasheet table 2).
 DATA = 0          # RBR (read) / THR (write); DLL when LCR.DLAB = 1
@@ -95,12 +95,23 @@ DEFAULT_MCR = MCR_OUT2
 RX_LIMIT = 64 * 1024      # host input buffered at most; the rest is dropped and counted
 
 
-def __getattr__(name: str) -> object:
-    """Lazily re-export `SerialState` (PEP 562), keeping `dataclasses` off the boot path."""
-    if name == "SerialState":
-        from volt_spec.devices.states import SerialState
-        return SerialState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class SerialState(DeviceState):
+    """Everything needed to resume the UART exactly; defaults are the power-on values."""
+
+    __slots__ = ("divisor", "ier", "fcr", "lcr", "mcr", "msr_delta", "scr", "thre_pending", "rx",
+                 "dropped")
+    FIELDS = {
+        "divisor": (int, DEFAULT_DIVISOR),
+        "ier": (int, 0),
+        "fcr": (int, 0),
+        "lcr": (int, DEFAULT_LCR),
+        "mcr": (int, DEFAULT_MCR),
+        "msr_delta": (int, 0),
+        "scr": (int, 0),
+        "thre_pending": (bool, False),
+        "rx": (bytes, b""),               # the RX FIFO, oldest byte first
+        "dropped": (int, 0),
+    }
 
 
 def _loopback_lines(mcr: int) -> int:
@@ -138,6 +149,8 @@ def _msr_deltas(old: int, new: int) -> int:
 
 class Serial:
     """A 16550A at 8 consecutive ports; `out` receives each transmitted byte."""
+
+    State = SerialState
 
     def __init__(self, irq: IrqLine, out: Callable[[bytes], None]) -> None:
         self._irq = LevelLatch(irq)
@@ -302,20 +315,9 @@ class Serial:
         self._update_irq()
         return len(accepted)
 
-    @property
-    def rx_pending(self) -> int:
-        """Bytes waiting for the guest to read."""
-        return len(self._rx)
-
-    @property
-    def irq_level(self) -> bool:
-        """The level this UART drives on its interrupt line."""
-        return self._irq.level
-
     # -- persistence -------------------------------------------------------
 
     def save(self) -> SerialState:
-        from volt_spec.devices.states import SerialState
         return SerialState(
             divisor=self._divisor, ier=self._ier, fcr=self._fcr, lcr=self._lcr,
             mcr=self._mcr, msr_delta=self._msr_delta, scr=self._scr,

@@ -215,13 +215,12 @@ def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tup
 def _configure_running(vm_dir: VmDir, spec) -> None:
     """Hand a running VM the parts of its spec it can take live (the snapshot policy)."""
     from ..api.client import ApiClient, ApiError, ApiUnavailable
-    applied = vm_dir.read_applied() or {}
-    policy = vmctl.policy_for(applied, vm_dir)
-    write_json(vm_dir.policy_file, policy)
+    from .vmconfig import policy_config
+    policy = policy_config(vm_dir.read_applied() or {}, vm_dir).to_dict()
     try:
         ApiClient(str(vm_dir.api_sock), timeout=5.0).put("/policy", policy)
     except ApiUnavailable:
-        pass                      # not running: the policy file is read at its next start
+        pass                      # not running: its next start is given the policy in vm.json
     except ApiError as e:
         raise vmctl.VmStartError(f"the VM refused the new snapshot policy: {e.message}") from None
 

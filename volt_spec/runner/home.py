@@ -5,7 +5,7 @@
       vms/<name>/instance.json   the running instance: supervisor and VMM pids, start times, sockets
       vms/<name>/exit.json       how that instance ended (written by its supervisor)
       vms/<name>/console.log     serial console (capped and rotated to console.log.1)
-      vms/<name>/run/api.sock    the VMM's HTTP API (run/ belongs to the VM's jail uid, as policy.json)
+      vms/<name>/run/api.sock    the VMM's HTTP API (run/ belongs to the VM's jail uid, as vm.json)
       vms/<name>/console.sock    the supervisor's console;  jail.json: what the VMM's jail holds
       locks/<name>.lock          flock(2) held while a command changes the VM
       snapshots/<name>/<id>/     snapshots (they outlive the VM unless purged)
@@ -73,9 +73,9 @@ class VmDir:
     instance = property(lambda self: self.path / "instance.json")
     exit_record = property(lambda self: self.path / "exit.json")
     console_log = property(lambda self: self.path / "console.log")
-    run = property(lambda self: self.path / "run")          # the VMM's own (its jail uid's): socket, policy
+    run = property(lambda self: self.path / "run")          # the VMM's own (its jail uid's): socket, vm.json
     api_sock = property(lambda self: self.path / "run" / "api.sock")
-    policy_file = property(lambda self: self.path / "run" / "policy.json")
+    vm_config = property(lambda self: self.path / "run" / "vm.json")
     jail_file = property(lambda self: self.path / "jail.json")
     console_sock = property(lambda self: self.path / "console.sock")
     supervisor_log = property(lambda self: self.path / "supervisor.log")

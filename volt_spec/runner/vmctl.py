@@ -31,23 +31,6 @@ def vmm_command() -> list[str]:
     return [sys.executable, "-m", "volt_spec.vmm.main"]
 
 
-def vmm_args(vm: dict, vm_dir: VmDir) -> list[str]:
-    """volt-vmm's command line for a resolved VM description (see runner.apply.resolve)."""
-    args = ["--kernel", vm["kernel"], "--memory", str(vm["memory_mib"]), "--vcpus", str(vm["vcpus"]),
-            "--cmdline", vm["cmdline"], "--api-sock", str(vm_dir.api_sock), "--name", vm_dir.name]
-    if vm.get("initrd"):
-        args += ["--initrd", vm["initrd"]]
-    if vm.get("boot"):
-        args += ["--boot", vm["boot"]]
-    for disk in vm.get("disks", []):
-        args += ["--disk", f"{disk['path']},name={disk['name']}" + (",ro" if disk.get("readOnly") else "")]
-    for nic in vm.get("network", []):
-        args += ["--net", f"tap={nic['tap']},name={nic['name']}" + (f",mac={nic['mac']}" if nic.get("mac") else "")]
-    if vm.get("virtio_announce") == "cmdline" and (vm.get("disks") or vm.get("network")):
-        args.append("--virtio-cmdline")
-    return args
-
-
 NO_JAIL_ENV = "VOLT_NO_JAIL"           # set by `--no-jail`: a debugging escape hatch
 
 
@@ -79,25 +62,6 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
                       limits=limits)
 
 
-def restore_overrides(vm: dict) -> list[str]:
-    """A restore puts every disk and NIC where the applied spec says, never where the snapshot's
-    state.json says (a snapshot is untrusted input: its paths could name any host file)."""
-    args = []
-    for disk in vm.get("disks", []):
-        args += ["--disk-override", f"{disk['name']}={disk['path']}"]
-    for nic in vm.get("network", []):
-        args += ["--tap-override", f"{nic['name']}={nic['tap']}"]
-    return args
-
-
-def policy_for(applied: dict, vm_dir: VmDir) -> dict:
-    """What the VMM needs to carry out the spec's snapshot policy by itself."""
-    snaps = applied.get("snapshots") or {}
-    return {"vm": vm_dir.name, "snapshot_dir": str(vm_dir.snapshots), "machine_hash": applied.get("machine_hash"),
-            "spec": applied.get("document"), "triggers": snaps.get("triggers", []),
-            "retain": snaps.get("retain", {}), "clock": snaps.get("clock", "continue")}
-
-
 def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_from: Path | None = None,
           clock: str = "continue") -> dict:
     """Start a supervised VMM (booting, or restoring `restore_from`) and wait until its API answers."""
@@ -109,18 +73,11 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
             stale.unlink()
         except FileNotFoundError:
             pass
-    if restore_from is not None:
-        args = ["--restore", str(restore_from), "--clock", clock, "--api-sock", str(vm_dir.api_sock),
-                "--name", vm_dir.name, *restore_overrides(vm)]
-    else:
-        args = vmm_args(vm, vm_dir)
-    args += ["--state-dir", str(vm_dir.snapshots)]
+    from .vmconfig import vmm_config
     private_dir(vm_dir.run)
-    applied = vm_dir.read_applied()
-    if applied is not None:
-        policy_file = vm_dir.policy_file
-        write_json(policy_file, policy_for(applied, vm_dir))
-        args += ["--policy", str(policy_file)]
+    config = vmm_config(vm, vm_dir, restore_from, clock, vm_dir.read_applied())
+    write_json(vm_dir.vm_config, config.to_dict())
+    args = ["--config", str(vm_dir.vm_config)]
     jail = []
     if jailed():
         jail_config(vm, vm_dir, restore_from).dump(str(vm_dir.jail_file))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VCPU_CEILING = 254      # the VMM's own limit (vmm/config.py: one IOAPIC/MADT, APIC ids < 255)
+VCPU_CEILING = 254      # the VMM's own limit (vmm/config/machine.py: one IOAPIC/MADT, APIC ids < 255)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..boot.layout import CMDLINE_MAX, MiB
+from ..layout import CMDLINE_MAX, MiB
 from .errors import SpecError
 from .files import BUILTIN_PREFIX, BUILTIN_TESTGUEST, resolve
 from .host import HostLimits

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from ..boot.layout import GiB, KiB, MiB
+from ..layout import GiB, KiB, MiB
 
 TiB = 1024 * GiB
-MEMORY_MIN = 16 * MiB          # the VMM refuses less (vmm/config.py)
+MEMORY_MIN = 16 * MiB          # the VMM refuses less (vmm/config/machine.py)
 MEMORY_MAX = TiB
 SIZE_UNITS = {"Ki": KiB, "Mi": MiB, "Gi": GiB}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,25 +1,23 @@
-"""Start a Machine from a snapshot instead of booting: verify, map memory, put state back.
+"""Reading a snapshot for a restore: its state checked and its memory mapped, nothing created in KVM.
 
-Refused with a one-line reason, before any guest runs: a CRC mismatch, an unknown format
-version, a state whose vCPUs, memory size and regions disagree (or exceed the host), a memory
-file that is missing, not a plain name in the snapshot's directory, not a regular file, not the
-recorded size or not the recorded contents, a different CPU vendor or KVM kind, or a different
-XSAVE size.
+The order in which a VM is built from it is vmm/builder.py's and vmm/persist.py's. A bad
+snapshot is refused with a one-line reason, by its shape before anything is mapped or any VM
+exists, by the rest while KVM registers the memory and before any vCPU exists: a CRC mismatch,
+an unknown format version, a state whose vCPUs, memory size and regions disagree (or exceed the
+host), a memory file that is missing, not a plain name in the snapshot's directory, not a regular
+file, not the recorded size or not the recorded contents, a different CPU vendor or KVM kind, or
+a different XSAVE size.
 """
 
 from __future__ import annotations
-
-import time
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .fingerprint import check_memory
 from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .memory_file import MemoryFileError, map_memory
-from .vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
-from .vm_state import elapsed_ns, restore_vm
 
 
-MAX_VCPUS = 254               # as VmConfig.check: x2APIC ids below the broadcast id (one IOAPIC)
+MAX_VCPUS = 254               # as vmm/config/machine.py's VCPU_LIMIT: x2APIC ids below the broadcast id (one IOAPIC)
 
 
 def check_compatible(state: dict, where: str, xsave_size: int | None = None) -> None:
@@ -84,7 +82,7 @@ def check_shape(state: dict, where: str, host: tuple[int, int] | None = None) ->
     regions exactly the RAM layout for that size, laid end to end in the file. Anything else
     would map what was never written, or start a vCPU from reset. `host` is (its memory in
     MiB, its vCPU limit): a snapshot asking for more is refused before anything is mapped."""
-    from ..boot.layout import MiB, ram_ranges
+    from ..layout import MiB, ram_ranges
     try:
         meta, memory, vcpus = state["meta"], state["memory"], state["vcpus"]
         n, mib, size = meta["vcpus"], meta["memory_mib"], memory["size"]
@@ -110,28 +108,3 @@ def check_shape(state: dict, where: str, host: tuple[int, int] | None = None) ->
         raise SnapshotError(f"{where}: the snapshot's {mib} MiB of memory exceed this host's {host_mib} MiB")
     if max_vcpus and n > min(max_vcpus, MAX_VCPUS):
         raise SnapshotError(f"{where}: the snapshot's {n} vCPUs exceed this host's limit ({min(max_vcpus, MAX_VCPUS)})")
-
-
-def restore_into(machine, state: dict, clock_mode: str = "continue") -> list[int]:
-    """Create the vCPUs and restore vCPU, VM and device state, in the documented order."""
-    refused: list[int] = []
-    try:
-        # While the memory-slot thread runs (KVM_SET_USER_MEMORY_REGION, ~5 ms): everything
-        # that does not name guest RAM.
-        machine.create_vcpus()
-        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
-            restore_vcpu_registers(vcpu, vstate)
-        machine.restore_devices(state.get("devices", {}))
-        machine.wait_memory()
-        # Guest RAM registered: MSRs (kvmclock, async PF point into it) and events, then the
-        # VM-wide irqchip, PIT and clock.
-        advance = elapsed_ns(state["vm"], clock_mode)
-        tsc_set_at = time.monotonic_ns()
-        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
-            refused += restore_vcpu_msrs_and_events(vcpu, vstate, advance)
-        restore_vm(machine.vm, state["vm"], advance, tsc_set_at)
-    except VcpuStateError as e:
-        raise SnapshotError(str(e)) from None
-    except (OSError, KeyError, ValueError) as e:
-        raise SnapshotError(f"restoring VM state: {e}") from None
-    return refused

@@ -15,32 +15,29 @@ import sys
 import tempfile
 
 
-def jail_for(opts: dict, state_dir: str | None):
+def jail_for(config, files: list[str]):
+    """The jail of a hand-started VMM: what `config` names, and `files` (its --config, --policy)."""
     from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
-    from .virtio import DiskConfig
-    name = opts.get("name", "vm")
-    disks = [DiskConfig.parse(t, i) for i, t in enumerate(opts.get("disk", []))]
-    ro = python_paths() + ["/sys/module"] + [p for p in (opts.get("kernel"), opts.get("initrd"), opts.get("policy"))
-                                              if p] + [d.path for d in disks if d.read_only]
-    rw = [d.path for d in disks if not d.read_only] + [p for p in (state_dir, opts.get("restore")) if p]
-    uid = jail_uid(name, set())
-    return JailConfig(name=name, uid=uid, gid=uid, root=tempfile.mkdtemp(prefix=f"volt-jail-{name}-"),
+    boot = config.boot_source
+    kernel = [boot.kernel, *([boot.initrd] if boot.initrd else [])] if boot else []
+    ro = python_paths() + ["/sys/module"] + kernel + files + [d.path for d in config.drives if d.read_only]
+    rw = [d.path for d in config.drives if not d.read_only]
+    rw += [config.api.state_dir] if config.api else []
+    rw += [config.restore.snapshot_dir] if config.restore else []
+    uid = jail_uid(config.name, set())
+    return JailConfig(name=config.name, uid=uid, gid=uid, root=tempfile.mkdtemp(prefix=f"volt-jail-{config.name}-"),
                       ro=[os.path.abspath(p) for p in ro], rw=[os.path.abspath(p) for p in rw],
                       owned=[os.path.abspath(p) for p in rw],
-                      limits=Limits(memory_bytes=default_memory_limit(int(opts.get("memory", 128)) << 20),
-                                    cpu_quota=float(opts.get("vcpus", 1)), pids=256))
+                      limits=Limits(memory_bytes=default_memory_limit(config.machine.memory_mib << 20),
+                                    cpu_quota=float(config.machine.vcpus), pids=256))
 
 
-def run_jailed(argv: list[str], opts: dict) -> int:
-    from ..jail.enter import spawn
-    from .main import state_dir
-    state = state_dir(opts) if "api_sock" in opts else None
-    config = jail_for(opts, state)
-    taps = [t.split("tap=", 1)[1].split(",")[0] for t in opts.get("net", []) if "tap=" in t]
-    cmd = [sys.executable, "-m", "volt_spec.vmm.main", *[a for a in argv if a != "--jail"], "--seccomp"]
-    if state is not None and "--state-dir" not in " ".join(argv):
-        cmd += ["--state-dir", state]
+def run_jailed(argv: list[str], opts: dict, vmm_config) -> int:
     from ..jail.cgroups import remove
+    from ..jail.enter import spawn
+    config = jail_for(vmm_config, [opts[k] for k in ("config", "policy") if k in opts])
+    taps = [nic.tap for nic in vmm_config.network]
+    cmd = [sys.executable, "-m", "volt_spec.vmm.main", *[a for a in argv if a != "--jail"], "--seccomp"]
     proc, jail = spawn(cmd, config, taps)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda n, _f: proc.send_signal(n))

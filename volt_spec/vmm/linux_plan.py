@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import VmmConfigError
-from .loader import BootPlan
+from .boot_plan import BootPlan
 
 
 def plan_linux64(kernel: bytes, kind: str, initrd: bytes | None, cmdline: str, mem_size: int,

@@ -6,21 +6,13 @@ Entry rule: an ELF with the PVH note boots by PVH; another ELF or a bzImage by t
 
 from __future__ import annotations
 
-from ..boot import layout, pvh
+from .. import layout
+from ..boot import pvh
 from ..boot.elf import ElfError, ElfImage
+from .boot_plan import BootPlan
 from .config import VmmConfigError
 
 BZIMAGE_MAGIC_OFFSET = 0x202
-
-
-class BootPlan:
-    """Everything the VMM writes before the first KVM_RUN, and the BSP's entry registers."""
-
-    __slots__ = ("protocol", "writes", "regs", "sregs")
-
-    def __init__(self, protocol: str, writes: list[tuple[int, bytes]], regs: dict[str, int],
-                 sregs: dict[str, object]) -> None:
-        self.protocol, self.writes, self.regs, self.sregs = protocol, writes, regs, sregs
 
 
 def read_file(path: str, what: str) -> bytes:

@@ -1,37 +1,28 @@
-"""One microVM: KVM VM + guest RAM + devices + one thread per vCPU.
+"""One microVM's lifecycle and vCPU threads: the KVM VM, its guest RAM, its devices (devices.py).
 
-Build order (each step is one or a few ioctls; the slow one is memory registration):
-create VM -> TSS/identity map -> irqchip + PIT -> memory slots -> kernel, ACPI and
-boot structures into RAM -> vCPUs (CPUID, MSRs, LAPIC LINTs, registers) -> devices.
+The VM is made here (create VM -> TSS/identity map -> irqchip + PIT -> memory slots, the slow
+ioctl on a thread of its own); what goes into it (kernel, vCPU entry state, or a snapshot's
+state) is the builder's (builder.py, persist.py). The lifecycle is one table of legal
+transitions; every change of state goes through it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
 import _thread
 
 import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
 
-from ..boot import layout
+from .. import layout
 from ..jail import enter_device_thread
 from ..kvm import exits as x
-from ..kvm import structs as s
 from ..kvm.memory import GuestMemory
 from ..kvm.system import Kvm
-from ..kvm.vcpu import KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED, Vcpu
+from ..kvm.vcpu import Vcpu
 from ..kvm.vm import Vm
 from . import status
-from .config import VmConfig
-from .loader import BootPlan
+from .config import MachineConfig
 from .sync import Flag, Worker
 
-MSR_IA32_MISC_ENABLE = 0x1A0
-MISC_ENABLE_FAST_STRING = 1
-APIC_LVT0 = 0x350
-APIC_LVT1 = 0x360
-APIC_MODE_NMI = 0x4
-APIC_MODE_EXTINT = 0x7
 KICK_SIGNAL = signal.SIGUSR1
 PAUSE_TIMEOUT_S = 5.0
 
@@ -53,6 +44,17 @@ class InvalidStateTransition(RuntimeError):
         self.old, self.new = old, new
 
 
+def create_vm(kvm: Kvm) -> Vm:
+    """A VM with its TSS, identity map, in-kernel irqchip and PIT: no memory, no vCPUs yet
+    (a warm pool can create it ahead of the restore that fills it)."""
+    vm = Vm(kvm.create_vm())
+    vm.set_tss_addr(layout.KVM_TSS_ADDR)
+    vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
+    vm.create_irqchip()
+    vm.create_pit2()
+    return vm
+
+
 def _ignore_kick(signum, frame) -> None:
     """SIGUSR1 only interrupts KVM_RUN (EINTR); nothing to do."""
 
@@ -65,64 +67,11 @@ def install_kick_handler() -> None:
         pass            # not the main thread: main() installed it already
 
 
-class KvmIrqLine:
-    """A device's interrupt output wired to one GSI through KVM_IRQ_LINE."""
-
-    __slots__ = ("vm", "gsi")
-
-    def __init__(self, vm: Vm, gsi: int) -> None:
-        self.vm, self.gsi = vm, gsi
-
-    def set_level(self, level: bool) -> None:
-        self.vm.irq_line(self.gsi, level)
-
-
-class _Shifted:
-    """A device seen through a second, non-contiguous port: offsets shifted by `delta`."""
-
-    __slots__ = ("dev", "delta")
-
-    def __init__(self, dev, delta: int) -> None:
-        self.dev, self.delta = dev, delta
-
-    def read(self, offset: int) -> int:
-        return self.dev.read(offset + self.delta)
-
-    def write(self, offset: int, value: int) -> None:
-        self.dev.write(offset + self.delta, value)
-
-
-HISTORY_MAX = 64 << 10
-
-
-class StdoutSink:
-    """Guest serial bytes straight to fd 1: no buffering, so a pipe reader sees each at once."""
-
-    def __init__(self, fd: int = 1) -> None:
-        self.fd = fd
-        self.broken = False
-        self.count = 0
-        self.taps: list = []            # callables(bytes) that also see the output (snapshot policy)
-        self.history: bytearray | None = bytearray()   # output until the first tap (replayed to it)
-
-    def __call__(self, data: bytes) -> None:
-        self.count += len(data)
-        if self.history is not None and len(self.history) < HISTORY_MAX:
-            self.history += data
-        for tap in self.taps:
-            tap(data)
-        if self.broken:
-            return
-        try:
-            os.write(self.fd, data)
-        except (BrokenPipeError, OSError):
-            self.broken = True
-
-
 class Machine:
-    """A built VM, ready to run."""
+    """A VM: created here, filled by the builder, run and stopped through the lifecycle table."""
 
-    def __init__(self, kvm: Kvm, config: VmConfig, out=None, memory: GuestMemory | None = None) -> None:
+    def __init__(self, kvm: Kvm, config: MachineConfig, memory: GuestMemory | None = None,
+                 vm: Vm | None = None, out=None) -> None:
         self.kvm = kvm
         self.config = config
         self.mem_size = config.memory_mib * layout.MiB
@@ -132,11 +81,11 @@ class Machine:
         self.vcpus: list[Vcpu] = []
         self.exit_counts: list[int] = [0] * config.vcpus
         self.threads: list[Worker] = []
-        self.out = out or StdoutSink()
-        self.bus_lock = _thread.allocate_lock()
         self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)
-        self.policy = None                                # a PolicyEngine once one is configured
-        self.virtio = None                                # VirtioDevices when disks/NICs are attached
+        self.policy = None                                # the PolicyEngine, once one is configured
+        self.boot_protocol = "pvh"                        # what the builder booted (or restored) by
+        self.booted_from = "cold"                         # "cold" or "snapshot ID"
+        self.boot_source = None                           # its BootSourceConfig (a restore's: the snapshot's)
         self.state = NOT_STARTED
         self._state_lock = _thread.allocate_lock()
         self._pause_requested = False
@@ -145,16 +94,14 @@ class Machine:
         self._all_parked = Flag()
         self._resume = Flag()
 
-        self.vm = Vm(kvm.create_vm())
-        self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
-        self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
-        self.vm.create_irqchip()
-        self.vm.create_pit2()
+        self.vm = vm or create_vm(kvm)
         self.memory = memory or GuestMemory.anonymous(layout.ram_ranges(self.mem_size))
         # KVM_SET_USER_MEMORY_REGION takes ~5 ms here, mostly in the kernel with the GIL released:
         # run it beside the rest of the build and join before the first KVM_RUN.
         self._memory_worker = Worker(self._register_memory)
-        self._make_devices()
+        from .devices import Devices
+        self.devices = Devices(self.vm, self.memory, self._on_reset, self._on_sleep, out)
+        self.bus_lock = self.devices.lock
 
     def _register_memory(self) -> None:
         for slot, region in enumerate(self.memory.regions):
@@ -164,81 +111,11 @@ class Machine:
         """Join the memory-slot thread; raise what it raised."""
         self._memory_worker.join()
 
-    # -- building ------------------------------------------------------------------------------
-    def _make_devices(self) -> None:
-        from ..devices.acpi_pm import AcpiSleep
-        from ..devices.bus import MmioBus, PioBus, Sink
-        from ..devices.i8042 import I8042
-        from ..devices.rtc import Rtc
-        from ..devices.serial import Serial
-        import time
-
-        self.serial = Serial(KvmIrqLine(self.vm, layout.COM1_IRQ), self.out)
-        self.i8042 = I8042(KvmIrqLine(self.vm, layout.I8042_IRQ), self._on_reset)
-        self.acpi_sleep = AcpiSleep(self._on_sleep)
-        self.pio = PioBus()
-        self.pio.insert(layout.COM1_PORT, 8, self.serial)
-        self.pio.insert(layout.I8042_DATA_PORT, 1, self.i8042)
-        self.pio.insert(layout.I8042_CMD_PORT, 1, _Shifted(self.i8042, 4))
-        self.pio.insert(layout.ACPI_SLEEP_CONTROL_PORT, 2, self.acpi_sleep)
-        self.rtc = Rtc(time.time)
-        self.pio.insert(layout.RTC_INDEX_PORT, 2, self.rtc)
-        self.pio.insert_noise_sinks()
-        for com in (0x2F8, 0x3E8, 0x2E8):           # absent COM2-4: quiet, not "unknown"
-            self.pio.insert(com, 8, Sink())
-        self.mmio = MmioBus()
-
-    def load(self, plan: BootPlan, acpi_blob: bytes, acpi_base: int) -> None:
-        """Write the boot plan and ACPI tables into RAM and create every vCPU at its entry state."""
-        for addr, data in plan.writes:
-            self.memory.write(addr, data)
-        self.memory.write(acpi_base, acpi_blob)
+    def create_vcpus(self) -> None:
+        """The vCPUs, bare: their state comes from the builder (entry registers) or a snapshot."""
         mmap_size = self.kvm.get_vcpu_mmap_size()
-        supported = self.kvm.get_supported_cpuid()
-        from ..boot.cpuid import vcpu_cpuid
         for i in range(self.config.vcpus):
-            vcpu = Vcpu(self.vm.create_vcpu(i), i, mmap_size)
-            vcpu.set_cpuid2(vcpu_cpuid(supported, i, self.config.vcpus))
-            vcpu.set_msrs([(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING)])
-            self._set_lints(vcpu)
-            if i == 0:
-                self._set_entry(vcpu, plan)
-            else:
-                vcpu.set_mp_state(KVM_MP_STATE_UNINITIALIZED)   # APs wait for INIT/SIPI
-            self.vcpus.append(vcpu)
-
-    @staticmethod
-    def _set_lints(vcpu: Vcpu) -> None:
-        """LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them."""
-        lapic = vcpu.get_lapic()
-        regs = bytearray(lapic.regs)
-        for off, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
-            v = int.from_bytes(regs[off:off + 4], "little")
-            v = (v & ~0x700) | (mode << 8)
-            regs[off:off + 4] = v.to_bytes(4, "little")
-        ctypes.memmove(ctypes.addressof(lapic), bytes(regs), len(regs))
-        vcpu.set_lapic(lapic)
-
-    @staticmethod
-    def _set_entry(vcpu: Vcpu, plan: BootPlan) -> None:
-        sregs = vcpu.get_sregs()
-        for name, value in plan.sregs.items():
-            if name in ("gdt", "idt"):
-                table = getattr(sregs, name)
-                table.base, table.limit = value
-            elif isinstance(value, dict):
-                seg = getattr(sregs, name)
-                for field, v in value.items():
-                    setattr(seg, field, v)
-            else:
-                setattr(sregs, name, value)
-        vcpu.set_sregs(sregs)
-        regs = s.KvmRegs()
-        regs.rflags = 0x2
-        for name, value in plan.regs.items():
-            setattr(regs, name, value)
-        vcpu.set_regs(regs)
-        vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+            self.vcpus.append(Vcpu(self.vm.create_vcpu(i), i, mmap_size))
 
     def close(self) -> None:
         """Release the VM (vCPU fds, VM fd, guest memory) after it stopped or failed to build."""
@@ -254,36 +131,6 @@ class Machine:
             self.wait_memory()
         except OSError:
             pass
-
-    def create_vcpus(self) -> None:
-        """Bare vCPUs for a restore: their state comes from the snapshot."""
-        mmap_size = self.kvm.get_vcpu_mmap_size()
-        for i in range(self.config.vcpus):
-            self.vcpus.append(Vcpu(self.vm.create_vcpu(i), i, mmap_size))
-
-    def device_table(self) -> dict:
-        """The stateful devices, by the name their state is saved under."""
-        return {"serial": self.serial, "i8042": self.i8042, "acpi_sleep": self.acpi_sleep,
-                "rtc": self.rtc}
-
-    def save_devices(self) -> dict:
-        from ..snapshot.device_state import encode_state
-        with self.bus_lock:
-            return {name: encode_state(dev.save()) for name, dev in self.device_table().items()}
-
-    def restore_devices(self, states: dict) -> None:
-        from ..snapshot.device_state import decode_state
-        table = self.device_table()
-        unknown = set(states) - set(table)
-        if unknown:
-            raise ValueError(f"snapshot has state for unknown device(s): {', '.join(sorted(unknown))}")
-        with self.bus_lock:
-            for name, dev in table.items():
-                if name in states:
-                    try:
-                        dev.restore(decode_state(states[name]))
-                    except (AttributeError, TypeError, ValueError) as e:
-                        raise ValueError(f"device {name}: bad saved state ({e})") from None
 
     # -- running -------------------------------------------------------------------------------
     def _transition(self, new: str) -> None:
@@ -385,35 +232,6 @@ class Machine:
                 except ProcessLookupError:
                     pass
 
-    def send_ctrl_alt_del(self) -> None:
-        with self.bus_lock:
-            self.i8042.send_ctrl_alt_del()
-
-    def add_console_tap(self, tap) -> None:
-        """Let `tap` see the console from the very first byte: what came before is replayed."""
-        with self.bus_lock:
-            history = self.out.history
-            if history:
-                tap(bytes(history))
-            self.out.history = None
-            self.out.taps.append(tap)
-
-    def console_input(self, data: bytes) -> int:
-        """Host keystrokes into the UART's receive FIFO (raises its interrupt); bytes accepted."""
-        with self.bus_lock:
-            return self.serial.enqueue_input(data)
-
-    def pump_console_input(self, fd: int = 0) -> None:
-        """Feed fd (stdin) to the UART until EOF; runs in its own thread."""
-        while not self.exit_event.is_set():
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            self.console_input(data)
-
     def _on_sleep(self, slp_typ: int) -> None:
         if slp_typ == layout.ACPI_S5_SLP_TYP:
             self._stopping(status.OK, "guest powered off")
@@ -431,7 +249,7 @@ class Machine:
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
         enter_device_thread()                 # the process's seccomp filter and this thread's narrower one
-        pio, mmio, lock = self.pio, self.mmio, self.bus_lock
+        pio, mmio, lock = self.devices.pio, self.devices.mmio, self.bus_lock
         counts, index = self.exit_counts, vcpu.index
         try:
             while not self.exit_event.is_set():

@@ -18,6 +18,7 @@ usage: volt-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory MIB]
                 [--vcpus N] [--boot pvh|linux64] [--stop-timeout SECONDS]
                 [--api-sock PATH] [--name NAME]
        volt-vmm --restore DIR [--clock continue|realtime] [--api-sock PATH]
+       volt-vmm --config FILE                    (the whole VM as JSON: what volt writes)
        volt-vmm --api-sock PATH                  (configure through the API)
        volt-vmm --snapshot DIR --api-sock PATH   (snapshot a running VMM)
 
@@ -39,6 +40,9 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     given alone, volt-vmm waits to be configured through the API
                     (PUT /boot-source, /machine-config, /actions InstanceStart, or
                     PUT /snapshot/load {"snapshot_path": DIR})
+  --config FILE     the VM as one JSON document (vm.json: name, machine, boot_source or
+                    restore, drives, network, virtio, policy, api, stop_timeout; volt
+                    writes it for every VM it starts); combines only with --jail/--seccomp
   --restore DIR     start from the snapshot in DIR instead of booting
   --clock MODE      on --restore: continue (default: the guest's clock resumes where
                     it stopped) or realtime (it advances by the time that passed)
@@ -66,8 +70,9 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
   --disk-override NAME=PATH, --tap-override NAME=TAP
                     on --restore: put disk NAME at PATH / attach NIC NAME to TAP
                     (each clone of a snapshot needs its own disk)
-  --policy FILE     snapshot policy (JSON: vm, snapshot_dir, triggers, retain) carried
-                    out by this VMM: ready / interval / console / stop triggers
+  --policy FILE     snapshot policy carried out by this VMM (JSON: vm, snapshot_dir,
+                    triggers [{"trigger": "ready"|"interval"|"console"|"stop", "marker",
+                    "every_s", "match"}], retain {"count", "max_age_s"})
   --version         print the version and exit
 
 Bytes arriving on stdin go to the guest's serial port (COM1 receive).
@@ -84,7 +89,8 @@ _FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jai
 _OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
-            "--restore": str, "--snapshot": str, "--clock": str, "--policy": str, "--state-dir": str}
+            "--restore": str, "--snapshot": str, "--clock": str, "--policy": str, "--state-dir": str,
+            "--config": str}
 
 
 class UsageError(Exception):
@@ -149,14 +155,18 @@ def run(argv: list[str]) -> int:
         return snapshot_client(opts)
     from .machine import install_kick_handler
     install_kick_handler()
-    if "kernel" not in opts and "restore" not in opts and "api_sock" not in opts:
-        return fail(status.USAGE, "--kernel (boot), --restore (from a snapshot) or --api-sock alone "
-                                  "(configure through the API) is required (see volt-vmm --help)")
-    if opts.get("clock", "continue") not in ("continue", "realtime"):
-        return fail(status.USAGE, "--clock must be continue or realtime")
+    from .config import VmmConfigError
+    from .config.args import config_from_args
+    try:
+        config = config_from_args(opts)
+    except VmmConfigError as e:
+        return fail(status.VMM_ERROR, str(e))
+    if config.boot_source is None and config.restore is None and config.api is None:
+        return fail(status.USAGE, "--kernel (boot), --restore (from a snapshot), --config FILE or --api-sock "
+                                  "alone (configure through the API) is required (see volt-vmm --help)")
     if opts.get("jail"):
         from .jailed import run_jailed
-        return run_jailed(argv, opts)
+        return run_jailed(argv, opts, config)
     if not placed_by_jail():
         return fail(status.VMM_ERROR, "the jail did not place this VMM in its cgroup")
     if opts.get("seccomp"):            # before any guest input is read and before any thread starts
@@ -166,22 +176,26 @@ def run(argv: list[str]) -> int:
         if opts.get("seccomp_selftest"):
             from ..jail.libc import mount
             mount(None, "/", None, 0)  # forbidden: the filter kills the process here (SIGSYS)
+    return build_and_serve(config)
 
+
+def build_and_serve(config) -> int:
+    """Build the VM the config describes (or wait for the API to describe one), launch it, serve it."""
     from ..kvm.errors import KvmError, MissingCapability
     from ..kvm.system import Kvm, KvmUnavailable
     from ..snapshot.format import SnapshotError
+    from .builder import build, build_from_snapshot, launch
     from .config import VmmConfigError
 
     try:
         kvm = Kvm()
         kvm.require()
-        if "restore" in opts:
-            machine, protocol, booted_from = restore(kvm, opts["restore"], opts.get("clock", "continue"), opts)
-        elif "kernel" in opts:
-            machine, protocol = boot(kvm, config_from(opts, kvm), opts)
-            booted_from = "cold"
+        if config.restore is not None:
+            machine = build_from_snapshot(kvm, config)
+        elif config.boot_source is not None:
+            machine = build(kvm, config)
         else:
-            return serve_unconfigured(kvm, opts)
+            return serve_unconfigured(kvm, config)
     except (VmmConfigError, KvmUnavailable, MissingCapability, SnapshotError) as e:
         return fail(status.VMM_ERROR, str(e))
     except ValueError as e:             # VirtioError and other one-line input problems
@@ -190,191 +204,50 @@ def run(argv: list[str]) -> int:
         return fail(status.VMM_ERROR, f"KVM refused to build the VM: {e}")
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
         return fail(status.VMM_ERROR, f"internal error while building the VM: {type(e).__name__}: {e}")
-    return serve(machine, opts, protocol, booted_from)
+    launch(machine, restored=config.restore is not None)
+    return serve(machine, config)
 
 
-def virtio_configs(opts: dict):
-    if not opts.get("disk") and not opts.get("net"):
-        return [], []                   # no virtio: keep its modules (threading, select...) unloaded
-    from .virtio import DiskConfig, NetConfig
-    disks = [DiskConfig.parse(t, i) for i, t in enumerate(opts.get("disk", []))]
-    nets = [NetConfig.parse(t, i, opts.get("name", "vm")) for i, t in enumerate(opts.get("net", []))]
-    return disks, nets
-
-
-def pairs(items: list[str], option: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key or not value:
-            from .config import VmmConfigError
-            raise VmmConfigError(f"{option} {item}: expected NAME=VALUE")
-        out[key] = value
-    return out
-
-
-def config_from(opts: dict, kvm):
-    from .config import VmConfig, host_memory_mib
-    config = VmConfig(kernel=opts["kernel"], initrd=opts.get("initrd"), cmdline=opts.get("cmdline", ""),
-                      memory_mib=opts.get("memory", 128), vcpus=opts.get("vcpus", 1), boot=opts.get("boot"))
-    config.check(host_memory_mib(), kvm.max_vcpus())
-    return config
-
-
-def serve(machine, opts: dict, protocol: str, booted_from: str, server=None) -> int:
+def serve(machine, config, server=None) -> int:
     """The VM runs: feed stdin to its UART, serve the API, wait for it to stop."""
     from .sync import Worker
-    Worker(machine.pump_console_input, 0)
-    if "api_sock" in opts and server is None:
+    Worker(machine.devices.pump_console_input, 0, machine.exit_event)
+    if config.api is not None and server is None:
         try:
-            server = start_api(machine, opts["api_sock"], opts.get("name", "vm"), protocol, booted_from,
-                               state_dir(opts))
+            server = start_api(machine, config)
         except Exception as e:  # noqa: BLE001 - OSError, SocketInUse: one line either way
-            return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: "
+            return fail(status.VMM_ERROR, f"cannot serve the API on {config.api.socket}: "
                                           f"{getattr(e, 'strerror', None) or e}")
     try:
-        return supervise(machine, opts.get("stop_timeout", 10.0))
+        return supervise(machine, config.stop_timeout)
     finally:
         if server is not None:
             server.close()
 
 
-def start_policy(machine, path: str, booted_from: str) -> None:
-    """The snapshot policy, watching the console before the first guest instruction (so a
-    `ready` marker is never printed before anyone looks)."""
-    import json
-    from .config import VmmConfigError
-    from .policy import PolicyEngine
-    try:
-        with open(path) as f:
-            policy = json.load(f)
-        machine.policy = PolicyEngine(machine, policy, booted_from)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise VmmConfigError(f"--policy {path}: {getattr(e, 'strerror', None) or e}") from None
-    machine.add_console_tap(machine.policy.on_console)
-
-
-def state_dir(opts: dict) -> str:
-    """Where the API may write and load snapshots: --state-dir, else the API socket's directory."""
-    return os.path.abspath(opts.get("state_dir") or os.path.dirname(os.path.abspath(opts["api_sock"])))
-
-
-def start_api(machine, path: str, name: str, protocol: str, booted_from: str = "cold", state: str = ""):
+def start_api(machine, config):
     """Serve the HTTP API (after the vCPUs run, so it never delays the boot)."""
     from ..api.server import ApiServer
     from .api_handler import VmmApi
-    server = ApiServer(path, VmmApi(machine, name, protocol, booted_from, state or os.path.dirname(path)))
+    server = ApiServer(config.api.socket, VmmApi(machine, config.name, config.api.state_dir))
     server.start()
     return server
 
 
-def boot(kvm, config, opts: dict | None = None):
-    """Build the VM, load the kernel and start the vCPUs."""
-    from ..boot import layout
-    from .loader import plan_boot, read_file
-    from .machine import Machine
-
-    opts = opts or {}
-    kernel = read_file(config.kernel, "kernel")
-    initrd = read_file(config.initrd, "initrd") if config.initrd else None
-    from ..boot.acpi import build_acpi_tables
-    machine = Machine(kvm, config)
-    try:
-        disks, nets = virtio_configs(opts)
-        cmdline = config.cmdline
-        descs = []
-        if disks or nets:
-            from .virtio import VirtioDevices
-            machine.virtio = VirtioDevices(machine, disks, nets, ioeventfd=not opts.get("no_ioeventfd"),
-                                           irqfd=not opts.get("no_irqfd"))
-            if opts.get("virtio_cmdline"):
-                cmdline = f"{cmdline} {machine.virtio.cmdline_words()}".strip()
-            else:
-                descs = machine.virtio.acpi_descs()
-        acpi = build_acpi_tables(config.vcpus, virtio=descs)
-        plan = plan_boot(kernel, initrd, cmdline, config.memory_mib * layout.MiB, acpi.rsdp_addr, config.boot)
-        machine.load(plan, acpi.blob, acpi.base)
-        if "policy" in opts:
-            start_policy(machine, opts["policy"], "cold")
-    except BaseException:
-        machine.close()
-        raise
-    launch(machine)
-    return machine, plan.protocol
-
-
-def launch(machine, restored: bool = False) -> None:
-    """Start the vCPUs, then the virtio I/O thread; after a restore, serve what the guest queued
-    just before the snapshot."""
-    machine.start()
-    if machine.virtio is not None:
-        machine.virtio.start()
-        if restored:
-            machine.virtio.kick_all()
-
-
-def restore(kvm, snapshot_dir: str, clock: str = "continue", opts: dict | None = None):
-    """Build the VM from a snapshot (memory mapped MAP_PRIVATE) and start the vCPUs."""
-    from ..snapshot.restore import load, restore_into
-    from ..snapshot.vcpu_state import xsave_size
-    from .config import VmConfig
-    from .machine import Machine
-
-    from ..snapshot.format import SnapshotError
-    from .config import host_memory_mib
-    state, memory, checks = load(snapshot_dir, xsave_size(kvm), (host_memory_mib(), kvm.max_vcpus()),
-                                 full_check=bool((opts or {}).get("verify")))
-    try:
-        meta, bootinfo = state["meta"], state.get("boot", {})
-        config = VmConfig(kernel=bootinfo.get("kernel", ""), initrd=bootinfo.get("initrd"),
-                          cmdline=bootinfo.get("cmdline", ""), memory_mib=int(meta["memory_mib"]),
-                          vcpus=int(meta["vcpus"]), boot=bootinfo.get("boot"))
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        memory.close()
-        checks()                        # a corrupt file: say so rather than what is missing
-        raise SnapshotError(f"{snapshot_dir}: bad metadata in state.json ({e})") from None
-    opts = opts or {}
-    try:
-        machine = Machine(kvm, config, memory=memory)
-    except BaseException:
-        memory.close()
-        raise
-    try:
-        checks()            # CRC and host compatibility, while KVM registers the memory
-        if state.get("virtio"):
-            from .virtio import VirtioDevices
-            disks, nets = VirtioDevices.configs_for_restore(
-                state["virtio"], snapshot_dir, pairs(opts.get("disk_override", []), "--disk-override"),
-                pairs(opts.get("tap_override", []), "--tap-override"))
-            machine.virtio = VirtioDevices(machine, disks, nets, ioeventfd=not opts.get("no_ioeventfd"),
-                                           irqfd=not opts.get("no_irqfd"))
-        restore_into(machine, state, clock)
-        if machine.virtio is not None:
-            machine.virtio.restore(state["virtio"])
-        booted_from = f"snapshot {os.path.basename(os.path.normpath(snapshot_dir))}"
-        if "policy" in opts:
-            start_policy(machine, opts["policy"], booted_from)
-    except BaseException:
-        machine.close()
-        raise
-    launch(machine, restored=True)
-    return machine, bootinfo.get("boot") or "snapshot", booted_from
-
-
-def serve_unconfigured(kvm, opts: dict) -> int:
+def serve_unconfigured(kvm, config) -> int:
     """Firecracker's mode: no VM until the API configures one (boot source + InstanceStart, or a snapshot load)."""
     from ..api.server import ApiServer
     from .api_handler import ConfigApi, VmmApi
-    handler = ConfigApi(kvm, opts)
+    handler = ConfigApi(kvm, config)
     try:
-        server = ApiServer(opts["api_sock"], handler)
+        server = ApiServer(config.api.socket, handler)
         server.start()
     except Exception as e:  # noqa: BLE001
-        return fail(status.VMM_ERROR, f"cannot serve the API on {opts['api_sock']}: {getattr(e, 'strerror', None) or e}")
+        return fail(status.VMM_ERROR, f"cannot serve the API on {config.api.socket}: "
+                                      f"{getattr(e, 'strerror', None) or e}")
     handler.started.wait()
-    machine, protocol, booted_from = handler.result
-    server.handler = VmmApi(machine, opts.get("name", "vm"), protocol, booted_from, state_dir(opts))
-    return serve(machine, opts, protocol, booted_from, server=server)
+    server.handler = VmmApi(handler.machine, config.name, config.api.state_dir)
+    return serve(handler.machine, config, server=server)
 
 
 def snapshot_client(opts: dict) -> int:
@@ -406,7 +279,7 @@ def supervise(machine, stop_timeout: float) -> int:
         asked.append(time.monotonic())
         if machine.policy is not None:
             machine.policy.before_stop()
-        machine.send_ctrl_alt_del()
+        machine.devices.send_ctrl_alt_del()
 
     signal.signal(signal.SIGTERM, on_stop_signal)
     signal.signal(signal.SIGINT, on_stop_signal)

@@ -1,12 +1,12 @@
 """Snapshot policy, carried out inside the VMM with nobody at the keyboard.
 
-Triggers (spec.snapshots.triggers):
+Triggers (a PolicyConfig's, mapped from spec.snapshots by runner/vmconfig.py):
   ready     the first time the guest prints `marker` after a cold boot (one per boot)
-  interval  every `every` (s/m/h/d), counted from when the VMM started
+  interval  every `every_s` seconds, counted from when the VMM started
   console   whenever a console line matches the regex `match`
   stop      before the guest is asked to stop (volt stop / volt delete / SIGTERM)
-Retention (spec.snapshots.retain) runs after every successful snapshot: oldest first,
-keep at most `count`, none older than `maxAge`, but never the newest and never the one
+Retention (`retain`) runs after every successful snapshot: oldest first,
+keep at most `count`, none older than `max_age_s`, but never the newest and never the one
 this VM was restored from. A failing trigger logs one line on stderr, keeps the VM
 running, leaves older snapshots alone, and is reported by GET /vm (`volt status`).
 
@@ -26,12 +26,13 @@ from pathlib import Path
 
 from ..snapshot.format import SnapshotError
 from ..snapshot.store import new_id, remove
+from .config import PolicyConfig
 
 MAX_LINE = 4096
 
 
 class PolicyEngine:
-    def __init__(self, machine, policy: dict, booted_from: str) -> None:
+    def __init__(self, machine, policy: PolicyConfig, booted_from: str) -> None:
         self.machine = machine
         self.booted_from = booted_from
         self.lock = threading.Lock()
@@ -48,31 +49,26 @@ class PolicyEngine:
         threading.Thread(target=self._worker, name="snapshot-policy", daemon=True).start()
 
     # -- configuration -------------------------------------------------------------------------
-    def set_policy(self, policy: dict) -> None:
-        """Take a (new) policy, all or nothing: it is checked whole (policy_config.py) and
+    def set_policy(self, policy: PolicyConfig) -> None:
+        """Take a (new) policy, checked whole already (vmm/config/policy.py): the console patterns are
         compiled before any of it replaces the old one; a running VM keeps running (PUT /policy)."""
-        from ..names import vm_name
-        from .policy_config import check_policy
-        policy = check_policy(policy)
-        vm = vm_name(policy.get("vm", "vm"))          # it names the snapshots: never a path
-        triggers = list(policy.get("triggers") or [])
         console = []
-        if any(t["trigger"] == "console" for t in triggers):
+        if policy.kinds("console"):
             from ..patterns import compile_pattern   # RE2: linear time, a pattern never freezes the console
-            console = [compile_pattern(t["match"]) for t in triggers if t["trigger"] == "console"]
-        ready = next((t.get("marker", "VOLT-READY").encode() for t in triggers if t["trigger"] == "ready"), None)
-        intervals = [float(t["everySeconds"]) for t in triggers if t["trigger"] == "interval"]
+            console = [compile_pattern(t.match) for t in policy.kinds("console")]
+        ready = next((t.marker.encode() for t in policy.kinds("ready")), None)
+        intervals = [t.every_s for t in policy.kinds("interval")]
         interval = min(intervals) if intervals else None
         with self.lock:
-            self.policy, self.vm, self.dir, self.triggers = policy, vm, policy.get("snapshot_dir"), triggers
+            self.policy, self.vm, self.dir, self.triggers = policy, policy.vm, policy.snapshot_dir, policy.triggers
             self.ready_marker, self.console_res, self.interval = ready, console, interval
             self.next_due = (time.time() + interval) if interval else None
-            self.retain = policy.get("retain") or {}
+            self.retain = policy.retain
             self.wake.notify()
 
     def status(self) -> dict:
         with self.lock:
-            return {"triggers": [t.get("trigger") for t in self.triggers], "snapshots_taken": self.taken,
+            return {"triggers": [t.trigger for t in self.triggers], "snapshots_taken": self.taken,
                     "in_progress": self.in_progress,
                     "last": self.last, "last_error": self.last_error, "next_interval_due": self.next_due}
 
@@ -104,7 +100,7 @@ class PolicyEngine:
 
     def before_stop(self) -> None:
         """The guest is about to be asked to stop: take the `stop` snapshot now (synchronously)."""
-        if any(t.get("trigger") == "stop" for t in self.triggers):
+        if any(t.trigger == "stop" for t in self.triggers):
             self.snapshot("stop")
 
     def _enqueue(self, trigger: str, hold: object | None = None) -> None:
@@ -146,13 +142,13 @@ class PolicyEngine:
                 self.in_progress = None
 
     def _snapshot(self, trigger: str) -> dict | None:
-        from ..snapshot.create import create_snapshot
+        from . import persist
         snap_id = new_id(self.vm)
         meta = {"id": snap_id, "vm": self.vm, "trigger": trigger,
-                "machine_hash": self.policy.get("machine_hash"), "spec": self.policy.get("spec")}
+                "machine_hash": self.policy.machine_hash, "spec": self.policy.spec}
         try:
             with self.machine.snapshot_lock:
-                result = create_snapshot(self.machine, os.path.join(self.dir, snap_id), meta)
+                result = persist.save(self.machine, os.path.join(self.dir, snap_id), meta)
         except (SnapshotError, OSError, RuntimeError) as e:
             message = getattr(e, "strerror", None) or str(e)
             with self.lock:
@@ -170,7 +166,7 @@ class PolicyEngine:
     def apply_retention(self) -> list[str]:
         """Delete what the retain rules say (oldest first; snapshot/catalogue.py); returns the ids deleted."""
         from ..snapshot.catalogue import retention_victims
-        count, max_age = self.retain.get("count"), self.retain.get("maxAgeSeconds")
+        count, max_age = self.retain.count, self.retain.max_age_s
         if not self.dir or (count is None and max_age is None):
             return []
         keep = {self.booted_from.removeprefix("snapshot ")} if self.booted_from.startswith("snapshot ") else set()

@@ -20,12 +20,14 @@ import select
 import threading
 from contextlib import ExitStack, contextmanager
 
-from ..boot import layout
+from .. import layout
 from ..devices.virtio.blk import VirtioBlk
 from ..devices.virtio.mmio import VirtioMmio
 from ..devices.virtio.net import VirtioNet
-from ..devices.virtio.tap import Tap, mac_for
+from ..devices.virtio.tap import Tap
 from ..jail import enter_device_thread
+from .config import DriveConfig, NetConfig, device_name, tap_name
+from .config.devices import mac_text
 
 QUEUE_NOTIFY_OFFSET = 0x50
 FICLONE = 0x40049409
@@ -33,55 +35,6 @@ FICLONE = 0x40049409
 
 class VirtioError(ValueError):
     """A device that cannot be attached or restored: one line for the user."""
-
-
-class DiskConfig:
-    __slots__ = ("name", "path", "read_only")
-
-    def __init__(self, name: str, path: str, read_only: bool = False) -> None:
-        self.name, self.path, self.read_only = name, path, read_only
-
-    @classmethod
-    def parse(cls, text: str, index: int) -> "DiskConfig":
-        """PATH[,ro][,name=NAME]"""
-        path, *opts = text.split(",")
-        name, ro = f"disk{index}", False
-        for opt in opts:
-            if opt in ("ro", "readonly"):
-                ro = True
-            elif opt.startswith("name="):
-                name = opt[5:]
-            elif opt:
-                raise VirtioError(f"--disk {text}: unknown option {opt!r} (ro, name=NAME)")
-        return cls(name, path, ro)
-
-
-class NetConfig:
-    __slots__ = ("name", "tap", "mac")
-
-    def __init__(self, name: str, tap: str, mac: bytes) -> None:
-        self.name, self.tap, self.mac = name, tap, mac
-
-    @classmethod
-    def parse(cls, text: str, index: int, vm_name: str) -> "NetConfig":
-        """tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,name=NAME]"""
-        fields = dict(opt.split("=", 1) if "=" in opt else (opt, "") for opt in text.split(",") if opt)
-        unknown = set(fields) - {"tap", "mac", "name"}
-        if unknown or "tap" not in fields:
-            raise VirtioError(f"--net {text}: expected tap=NAME[,mac=MAC][,name=NAME]")
-        name = fields.get("name") or f"net{index}"
-        mac = parse_mac(fields["mac"]) if fields.get("mac") else mac_for(f"{vm_name}/{name}")
-        return cls(name, fields["tap"], mac)
-
-
-def parse_mac(text: str) -> bytes:
-    try:
-        mac = bytes(int(part, 16) for part in text.split(":"))
-    except ValueError:
-        mac = b""
-    if len(mac) != 6:
-        raise VirtioError(f"MAC address {text!r}: expected six hex pairs like 52:54:00:12:34:56")
-    return mac
 
 
 class EventfdIrq:
@@ -145,15 +98,14 @@ def identity(path: str) -> dict:
 class VirtioDevices:
     """Every virtio device of one Machine."""
 
-    def __init__(self, machine, disks: list[DiskConfig], nets: list[NetConfig],
+    def __init__(self, vm, memory, mmio, stopped, drives: list, nets: list, vm_name: str,
                  ioeventfd: bool = True, irqfd: bool = True) -> None:
-        self.machine = machine
-        self.disks, self.nets = disks, nets
+        self.vm, self.memory, self.mmio, self.stopped = vm, memory, mmio, stopped
         self.use_ioeventfd, self.use_irqfd = ioeventfd, irqfd
         self.slots: list[dict] = []          # {kind, name, addr, gsi, transport, model, config}
         self.taps: dict[int, VirtioNet] = {}
         self.notifiers: dict[int, tuple[VirtioMmio, int]] = {}
-        for disk in disks:
+        for disk in drives:
             try:
                 model = VirtioBlk(disk.path, disk.read_only, disk.name[:20])
             except FileNotFoundError:
@@ -166,7 +118,7 @@ class VirtioDevices:
                 tap = Tap(net.tap)
             except OSError as e:
                 raise VirtioError(f"network {net.name}: cannot open tap {net.tap!r}: {e.strerror or e}") from None
-            model = VirtioNet(tap, net.mac)
+            model = VirtioNet(tap, net.mac_bytes(vm_name))
             slot = self._attach("net", net.name, model, net)
             self.taps[tap.fileno()] = model
             slot["tap"] = tap
@@ -175,10 +127,10 @@ class VirtioDevices:
         index = len(self.slots)
         addr = layout.VIRTIO_MMIO_BASE + index * layout.VIRTIO_MMIO_SIZE
         gsi = layout.VIRTIO_IRQ_BASE + index
-        vm = self.machine.vm
+        vm = self.vm
         irq = EventfdIrq(vm, gsi) if self.use_irqfd else LineIrq(vm, gsi)
-        transport = VirtioMmio(model, self.machine.memory, irq)
-        self.machine.mmio.insert(addr, layout.VIRTIO_MMIO_SIZE, transport)
+        transport = VirtioMmio(model, self.memory, irq)
+        self.mmio.insert(addr, layout.VIRTIO_MMIO_SIZE, transport)
         if self.use_ioeventfd:
             for q in range(len(model.queue_sizes)):
                 efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -210,7 +162,7 @@ class VirtioDevices:
         poller = select.poll()
         for fd in list(self.notifiers) + list(self.taps):
             poller.register(fd, select.POLLIN)
-        while not self.machine.exit_event.is_set():
+        while not self.stopped.is_set():
             events = poller.poll(500)
             if not events and debug:        # idle: report queues with work nobody was told about
                 for slot in self.slots:
@@ -243,11 +195,11 @@ class VirtioDevices:
 
     def save(self, snapshot_dir: str) -> list[dict]:
         """Transport + device state per slot, and the backing of each (disks copied into the snapshot)."""
-        from ..snapshot.device_state import encode_state
+        from ..snapshot import codec
         out = []
         for slot in self.slots:
             entry = {"kind": slot["kind"], "name": slot["name"], "addr": slot["addr"], "gsi": slot["gsi"],
-                     "transport": encode_state(slot["transport"].save())}
+                     "transport": codec.encode(slot["transport"].save())}
             cfg = slot["config"]
             if slot["kind"] == "blk":
                 entry["disk"] = {"path": cfg.path, "read_only": cfg.read_only}
@@ -258,20 +210,20 @@ class VirtioDevices:
                     copy_file(cfg.path, os.path.join(snapshot_dir, copy_name))
                     entry["disk"]["copy"] = copy_name
             else:
-                entry["net"] = {"tap": cfg.tap, "mac": cfg.mac.hex(":")}
+                entry["net"] = {"tap": cfg.tap, "mac": slot["model"].mac.hex(":")}
             out.append(entry)
         return out
 
     @staticmethod
     def configs_for_restore(saved: list[dict], snapshot_dir: str, disk_overrides: dict[str, str],
-                            tap_overrides: dict[str, str]) -> tuple[list[DiskConfig], list[NetConfig]]:
+                            tap_overrides: dict[str, str]) -> tuple[list, list]:
         """Disk and NIC configs to rebuild the devices, in the saved order, with overrides applied.
 
         A writable disk is put back from the snapshot's copy onto its path (or the override, so each
         clone gets its own disk); a read-only disk must be unchanged since the snapshot."""
         disks, nets = [], []
         for entry in saved:
-            name = entry["name"]
+            name = device_name(entry["name"], "the snapshot's virtio device")
             if entry["kind"] == "blk":
                 d = entry["disk"]
                 target = disk_overrides.get(name, d["path"])
@@ -287,19 +239,20 @@ class VirtioDevices:
                 else:
                     from ..snapshot.format import snapshot_file
                     copy_file(snapshot_file(snapshot_dir, d.get("copy"), f"copy of disk {name}"), target)
-                disks.append(DiskConfig(name, target, bool(d.get("read_only"))))
+                disks.append(DriveConfig(name, target, bool(d.get("read_only"))))
             else:
                 n = entry["net"]
-                nets.append(NetConfig(name, tap_overrides.get(name, n["tap"]), parse_mac(n["mac"])))
+                tap = tap_name(tap_overrides.get(name, n["tap"]), f"network {name}")
+                nets.append(NetConfig(name, tap, mac_text(n["mac"], f"network {name}")))
         return disks, nets
 
     def restore(self, saved: list[dict]) -> None:
-        from ..snapshot.device_state import decode_state
+        from ..snapshot import codec
         if len(saved) != len(self.slots):
             raise VirtioError("the snapshot's virtio devices do not match")
         for slot, entry in zip(self.slots, saved):
             try:
-                slot["transport"].restore(decode_state(entry["transport"]))
+                slot["transport"].restore(codec.decode(slot["transport"].State, entry["transport"]))
             except (ValueError, TypeError, AttributeError) as e:
                 raise VirtioError(f"virtio device {slot['name']}: bad saved state ({e})") from None
 

@@ -7,21 +7,21 @@ that is always the chain's last writable byte (5.2.6). Data moves with
 `os.preadv` / `os.pwritev` straight between the file and slices of the guest
 RAM mapping, so the guest's buffers are never copied through Python bytes.
 
-Every request is served synchronously inside `queue_notify`, so nothing is ever
-in flight between calls: `flush_inflight()` and `quiesce()` have no work to do
-(they exist so the VMM's snapshot code does not depend on that).
+Every request is served synchronously inside `queue_notify`, under the transport's
+lock, so nothing is ever in flight once the VMM holds that lock: the saved state is
+only the counters.
 """
 
 from __future__ import annotations
 
 import os
 
+from volt_spec.devices.state import DeviceState
 from volt_spec.devices.virtio.queue import read_buffers, slice_buffers, write_buffers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from volt_spec.devices.virtio.mmio import VirtioMmio
-    from volt_spec.devices.virtio.queue import DescriptorChain
+    from volt_spec.devices.virtio.queue import DescriptorChain, Transport
 
 DEVICE_ID = 2
 SECTOR_SIZE = 512                 # virtio-blk sectors are always 512 bytes (5.2.6)
@@ -58,9 +58,18 @@ def _le(value: int, size: int) -> bytes:
     return value.to_bytes(size, "little")
 
 
+class BlkState(DeviceState):
+    """The request counters: the disk's content lives in its file, not in the snapshot state."""
+
+    COUNTERS = ("reads", "writes", "flushes", "bytes_read", "bytes_written", "errors")
+    __slots__ = COUNTERS
+    FIELDS = {name: (int, 0) for name in COUNTERS}
+
+
 class VirtioBlk:
     """A disk backed by the host file at `path` (regular file or block device)."""
 
+    State = BlkState
     device_id = DEVICE_ID
     queue_sizes = (QUEUE_SIZE,)
 
@@ -79,7 +88,7 @@ class VirtioBlk:
         self.capacity = size // SECTOR_SIZE       # in 512-byte sectors
         self._id = ident.ljust(ID_BYTES, b"\0")   # NUL-padded; no NUL when exactly 20 (5.2.6)
         self.features = F_SEG_MAX | F_BLK_SIZE | (F_RO if read_only else F_FLUSH)
-        self._transport: VirtioMmio | None = None
+        self._transport: Transport | None = None
         self._zero_counters()
 
     def _zero_counters(self) -> None:
@@ -92,7 +101,7 @@ class VirtioBlk:
 
     # -- transport hooks --------------------------------------------------------
 
-    def attach(self, transport: VirtioMmio) -> None:
+    def attach(self, transport: Transport) -> None:
         self._transport = transport
 
     def config_bytes(self) -> bytes:
@@ -112,24 +121,16 @@ class VirtioBlk:
         while (chain := queue.pop()) is not None:
             queue.add_used(chain.head, self._serve(chain))
 
-    def save_state(self) -> dict:
-        return {"reads": self.reads, "writes": self.writes, "flushes": self.flushes,
-                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "errors": self.errors}
+    def save(self) -> BlkState:
+        return BlkState(**{name: getattr(self, name) for name in BlkState.COUNTERS})
 
-    def restore_state(self, state: dict) -> None:
-        if set(state) != set(self.save_state()) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in state.values()):
-            raise ValueError(f"virtio-blk state: bad counters {state!r}")
-        for name, value in state.items():
+    def restore(self, state: BlkState) -> None:
+        """Load the counters, validated (all of them or none)."""
+        values = {name: getattr(state, name) for name in BlkState.COUNTERS}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values.values()):
+            raise ValueError(f"virtio-blk state: bad counters {values!r}")
+        for name, value in values.items():
             setattr(self, name, value)
-
-    def flush_inflight(self) -> int:
-        """Requests still in flight: always 0, every request completes inside queue_notify."""
-        return 0
-
-    def quiesce(self) -> None:
-        """Nothing to wait for (synchronous I/O); the transport's lock covers a running request."""
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -9,7 +9,7 @@ turns queue notifications into calls on the device model.
 Threading: register accesses come from vCPU threads, `queue_notify` from the VMM's
 ioeventfd worker and `VirtioNet.poll_rx` from the tap poller. One re-entrant lock
 (`lock`) serialises all of them; every request is served synchronously under it,
-so `quiesce()` (take and release the lock) means "nothing in flight".
+so holding the lock means "nothing in flight" (the VMM saves state under it).
 
 Failure model: a malformed queue never raises out of the transport. The device
 sets DEVICE_NEEDS_RESET in Status, raises a configuration-change interrupt and
@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import _thread
 
-from volt_spec.boot import layout
-from volt_spec.devices.virtio.queue import QueueError, Virtqueue
+from volt_spec import layout
+from volt_spec.devices.state import REQUIRED, DeviceState
+from volt_spec.devices.virtio.blk import BlkState
+from volt_spec.devices.virtio.net import NetState
+from volt_spec.devices.virtio.queue import QueueError, QueueState, Virtqueue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Protocol
 
     from volt_spec.devices.virtio.queue import Memory
-    from volt_spec.devices.virtio.states import VirtioMmioState
 
     class Trigger(Protocol):
         """An edge-triggered interrupt (the VMM backs it with an eventfd bound by KVM_IRQFD)."""
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         device_id: int
         queue_sizes: tuple[int, ...]      # QueueNumMax of each queue
         features: int                     # device-type feature bits (transport bits added here)
+        State: type[DeviceState]          # what save() returns and restore() takes
 
         def attach(self, transport: VirtioMmio) -> None: ...
 
@@ -52,9 +55,9 @@ if TYPE_CHECKING:
 
         def reset(self) -> None: ...
 
-        def save_state(self) -> dict: ...
+        def save(self) -> DeviceState: ...
 
-        def restore_state(self, state: dict) -> None: ...
+        def restore(self, state: DeviceState) -> None: ...
 
 class Reg:
     """Register offsets (4.2.2, table "MMIO Device Register Layout"); a namespace so
@@ -124,12 +127,25 @@ TRANSPORT_FEATURES = F_INDIRECT_DESC | F_EVENT_IDX | F_VERSION_1
 SHM_NONE = 0xFFFFFFFF             # SHMLen/SHMBase of a region that does not exist
 
 
-def __getattr__(name: str) -> object:
-    """Lazily re-export `VirtioMmioState` (PEP 562), keeping `dataclasses` off the boot path."""
-    if name == "VirtioMmioState":
-        from volt_spec.devices.virtio.states import VirtioMmioState
-        return VirtioMmioState
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class VirtioMmioState(DeviceState):
+    """Transport registers, each queue's state and the device model's own state."""
+
+    __slots__ = ("device_id", "device_features", "driver_features", "device_features_sel",
+                 "driver_features_sel", "status", "queue_sel", "interrupt_status",
+                 "config_generation", "queues", "device")
+    FIELDS = {
+        "device_id": (int, 0),
+        "device_features": (int, 0),
+        "driver_features": (int, 0),
+        "device_features_sel": (int, 0),
+        "driver_features_sel": (int, 0),
+        "status": (int, 0),
+        "queue_sel": (int, 0),
+        "interrupt_status": (int, 0),
+        "config_generation": (int, 0),
+        "queues": ([QueueState], []),
+        "device": ((BlkState, NetState), REQUIRED),   # the device models this transport carries
+    }
 
 
 def _u32(value: int) -> bytes:
@@ -143,6 +159,8 @@ def _set_half(old: int, value: int, high: bool) -> int:
 
 class VirtioMmio:
     """One virtio device behind a 4 KiB virtio-mmio window."""
+
+    State = VirtioMmioState
 
     def __init__(self, device: VirtioDevice, memory: Memory, irq: Trigger) -> None:
         self.device = device
@@ -246,8 +264,8 @@ class VirtioMmio:
                 self.driver_features_sel = value
             case Reg.QUEUE_SEL:
                 self.queue_sel = value
-            case Reg.QUEUE_NUM if configurable:
-                queue.size = value
+            case Reg.QUEUE_NUM if configurable and value <= queue.max_size:
+                queue.size = value           # beyond QueueNumMax: ignored (4.2.3.2), so it never reaches a snapshot
             case Reg.QUEUE_READY if queue is not None:
                 self._write_queue_ready(queue, value)
             case Reg.QUEUE_NOTIFY:
@@ -339,13 +357,6 @@ class VirtioMmio:
             self.interrupt_status |= bits
             self.irq.trigger()
 
-    def config_changed(self) -> None:
-        """The device changed its config space: new generation, config interrupt (4.2.2)."""
-        with self.lock:
-            self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-            if self.status & STATUS_DRIVER_OK:
-                self.interrupt(INT_CONFIG)
-
     def fail(self, reason: str) -> None:
         """The driver broke the protocol: DEVICE_NEEDS_RESET plus a config interrupt (2.1.2)."""
         with self.lock:
@@ -356,15 +367,9 @@ class VirtioMmio:
             if not already and self.status & STATUS_DRIVER_OK:
                 self.interrupt(INT_CONFIG)
 
-    def quiesce(self) -> None:
-        """Wait for any request being served; all I/O is synchronous, so none stays in flight."""
-        with self.lock:
-            pass
-
     # -- persistence ---------------------------------------------------------------
 
     def save(self) -> VirtioMmioState:
-        from volt_spec.devices.virtio.states import VirtioMmioState
         with self.lock:
             return VirtioMmioState(
                 device_id=self.device.device_id,
@@ -376,8 +381,8 @@ class VirtioMmio:
                 queue_sel=self.queue_sel,
                 interrupt_status=self.interrupt_status,
                 config_generation=self.config_generation,
-                queues=tuple(queue.save() for queue in self.queues),
-                device=self.device.save_state(),
+                queues=[queue.save() for queue in self.queues],
+                device=self.device.save(),
             )
 
     def restore(self, state: VirtioMmioState) -> None:
@@ -390,8 +395,8 @@ class VirtioMmio:
             _check_mmio_state(self, state)
             queues = [Virtqueue(queue.max_size, self.memory) for queue in self.queues]
             for queue, queue_state in zip(queues, state.queues):
-                queue.restore(dict(queue_state))
-            self.device.restore_state(dict(state.device))
+                queue.restore(queue_state)
+            self.device.restore(state.device)
             self.queues = queues
             self.driver_features = state.driver_features
             self.device_features_sel = state.device_features_sel
@@ -421,5 +426,5 @@ def _check_mmio_state(mmio: VirtioMmio, state: VirtioMmioState) -> None:
         raise ValueError("virtio state: saved device features differ from this device's")
     if state.driver_features & ~mmio.device_features:
         raise ValueError("virtio state: driver features not offered by the device")
-    if len(state.queues) != len(mmio.queues) or not isinstance(state.device, dict):
-        raise ValueError("virtio state: queue count or device state shape differs")
+    if len(state.queues) != len(mmio.queues) or not isinstance(state.device, mmio.device.State):
+        raise ValueError("virtio state: queue count or device state type differs")

@@ -14,13 +14,14 @@ A notify on the rx queue (new buffers) delivers what is pending.
 
 from __future__ import annotations
 
+from volt_spec.devices.state import DeviceState
 from volt_spec.devices.virtio.queue import read_buffers, write_buffers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from volt_spec.devices.virtio.mmio import VirtioMmio
+    from volt_spec.devices.virtio.queue import Transport
 
     class FrameIo(Protocol):
         """A tap: nonblocking whole-frame reads and writes."""
@@ -46,11 +47,23 @@ HDR_SIZE = 12                     # struct virtio_net_hdr with num_buffers (5.1.
 RX_HDR = bytes(10) + (1).to_bytes(2, "little")     # no offloads, num_buffers = 1
 MAX_FRAME = 65535 + 14            # largest Ethernet frame a tap can hand us, generous
 RX_PENDING_MAX = 256              # frames kept while the guest has no rx buffers
+COUNTERS = 6                      # rx frames, bytes, dropped; tx frames, bytes, dropped
+
+
+class NetState(DeviceState):
+    """Frames received but not yet delivered (hex text), and the six traffic counters."""
+
+    __slots__ = ("pending", "counters")
+    FIELDS = {
+        "pending": ([str], []),
+        "counters": ([int], [0] * COUNTERS),
+    }
 
 
 class VirtioNet:
     """A NIC whose wire is `tap` (a `Tap`, or a `FakeTap` in tests)."""
 
+    State = NetState
     device_id = DEVICE_ID
     queue_sizes = (QUEUE_SIZE, QUEUE_SIZE)
     features = F_MAC | F_STATUS
@@ -61,13 +74,13 @@ class VirtioNet:
         self.tap = tap
         self.mac = bytes(mac)
         self._pending: list[bytes] = []
-        self._transport: VirtioMmio | None = None
+        self._transport: Transport | None = None
         self.rx_frames = self.rx_bytes = self.rx_dropped = 0
         self.tx_frames = self.tx_bytes = self.tx_dropped = 0
 
     # -- transport hooks --------------------------------------------------------
 
-    def attach(self, transport: VirtioMmio) -> None:
+    def attach(self, transport: Transport) -> None:
         self._transport = transport
 
     def config_bytes(self) -> bytes:
@@ -100,11 +113,6 @@ class VirtioNet:
                     self._pending.append(frame)
             if self._pending:
                 transport.service(RX_QUEUE, self.process_queue)
-
-    @property
-    def rx_pending(self) -> int:
-        """Frames read from the tap, waiting for guest receive buffers."""
-        return len(self._pending)
 
     def _read_tap(self) -> bytes | None:
         try:
@@ -159,16 +167,17 @@ class VirtioNet:
 
     # -- persistence --------------------------------------------------------------
 
-    def save_state(self) -> dict:
-        return {"pending": [frame.hex() for frame in self._pending],
-                "counters": [self.rx_frames, self.rx_bytes, self.rx_dropped,
-                             self.tx_frames, self.tx_bytes, self.tx_dropped]}
+    def save(self) -> NetState:
+        return NetState(pending=[frame.hex() for frame in self._pending],
+                        counters=[self.rx_frames, self.rx_bytes, self.rx_dropped,
+                                  self.tx_frames, self.tx_bytes, self.tx_dropped])
 
-    def restore_state(self, state: dict) -> None:
-        pending, counters = state.get("pending"), state.get("counters")
-        if (set(state) != {"pending", "counters"} or not isinstance(pending, list)
-                or len(pending) > RX_PENDING_MAX or not all(isinstance(f, str) for f in pending)
-                or not isinstance(counters, list) or len(counters) != 6
+    def restore(self, state: NetState) -> None:
+        """Load `state`, validated: at most RX_PENDING_MAX hex frames, six counters >= 0."""
+        pending, counters = state.pending, state.counters
+        if (not isinstance(pending, list) or len(pending) > RX_PENDING_MAX
+                or not all(isinstance(f, str) for f in pending)
+                or not isinstance(counters, list) or len(counters) != COUNTERS
                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
                            for c in counters)):
             raise ValueError("virtio-net state: bad shape")

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import ctypes
 
+from volt_spec.devices.state import DeviceState
+
 # Boot path: no `typing` at run time (see devices/serial.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Protocol
+    from collections.abc import Callable
+    from typing import ContextManager, Protocol
 
     class Memory(Protocol):
         def read(self, gpa: int, length: int) -> bytes: ...
@@ -26,6 +29,16 @@ if TYPE_CHECKING:
         def write(self, gpa: int, data: bytes) -> None: ...
 
         def region_for(self, gpa: int, length: int) -> tuple[object, int]: ...
+
+    class Transport(Protocol):
+        """What a device model uses of its transport (mmio.VirtioMmio). A protocol, so the
+        models need not import the transport, whose state class names theirs."""
+
+        queues: list[Virtqueue]
+        memory: Memory
+        lock: ContextManager[object]
+
+        def service(self, index: int, work: Callable[[int], None]) -> None: ...
 
 # Descriptor layout: le64 addr, le32 len, le16 flags, le16 next (2.7.5).
 DESC_SIZE = 16
@@ -146,8 +159,28 @@ def write_buffers(memory: Memory, bufs: list[tuple[int, int]], data: bytes) -> i
     return pos
 
 
+class QueueState(DeviceState):
+    """What the driver configured and how far both sides got; nothing of guest memory."""
+
+    __slots__ = ("size", "ready", "desc", "avail", "used", "last_avail_idx", "used_idx",
+                 "event_idx", "indirect")
+    FIELDS = {
+        "size": (int, 0),
+        "ready": (bool, False),
+        "desc": (int, 0),
+        "avail": (int, 0),
+        "used": (int, 0),
+        "last_avail_idx": (int, 0),
+        "used_idx": (int, 0),
+        "event_idx": (bool, False),
+        "indirect": (bool, False),
+    }
+
+
 class Virtqueue:
     """Device-side state of one split virtqueue; addresses are set by the transport."""
+
+    State = QueueState
 
     __slots__ = ("max_size", "size", "ready", "desc", "avail", "used", "last_avail_idx",
                  "used_idx", "event_idx", "indirect", "_signalled_used", "memory")
@@ -288,28 +321,26 @@ class Virtqueue:
 
     # -- persistence -----------------------------------------------------------
 
-    def save(self) -> dict:
-        return {"size": self.size, "ready": self.ready, "desc": self.desc, "avail": self.avail,
-                "used": self.used, "last_avail_idx": self.last_avail_idx,
-                "used_idx": self.used_idx, "event_idx": self.event_idx,
-                "indirect": self.indirect}
+    def save(self) -> QueueState:
+        return QueueState(size=self.size, ready=self.ready, desc=self.desc, avail=self.avail,
+                          used=self.used, last_avail_idx=self.last_avail_idx,
+                          used_idx=self.used_idx, event_idx=self.event_idx,
+                          indirect=self.indirect)
 
-    def restore(self, state: dict) -> None:
-        """Load a `save()` dict, validated; the next notification decision always notifies."""
+    def restore(self, state: QueueState) -> None:
+        """Load `state`, validated; the next notification decision always notifies."""
         def number(name: str, limit: int) -> int:
-            value = state[name]
+            value = getattr(state, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
                 raise ValueError(f"queue state: {name}={value!r} out of range")
             return value
 
         def flag(name: str) -> bool:
-            value = state[name]
+            value = getattr(state, name)
             if not isinstance(value, bool):
                 raise ValueError(f"queue state: {name}={value!r} is not a bool")
             return value
 
-        if set(state) != set(self.save()):
-            raise ValueError(f"queue state: fields {sorted(state)} do not match")
         self.size = number("size", self.max_size + 1)
         self.ready = flag("ready")
         self.desc = number("desc", 1 << 64)

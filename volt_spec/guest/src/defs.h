@@ -3,7 +3,7 @@
  *
  * Preprocessor-only (no C types) so boot.S can include it.  Addresses that
  * the VMM also knows (AP trampoline page, COM1, IOAPIC) mirror
- * volt_spec/boot/layout.py.
+ * volt_spec/layout.py.
  */
 #ifndef VOLT_DEFS_H
 #define VOLT_DEFS_H

@@ -1,0 +1,196 @@
+"""`volt snapshot`, `restore` and `volt snapshots list|verify|delete`: taking, using and keeping snapshots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import status_codes as rc
+from .common import NO_JAIL, OUTPUT, app, err, home_dir, load_or_exit, print_rows, set_no_jail, snapshots_app
+
+
+def _vm_name(target: str) -> str:
+    """A VM name, or the single VM a spec file declares."""
+    if Path(target).is_file():
+        specs = load_or_exit([target])
+        if len(specs) != 1:
+            err(f"{target} declares {len(specs)} VMs; name one of them: {', '.join(s.name for s in specs)}")
+            raise typer.Exit(rc.USAGE)
+        return specs[0].name
+    return target
+
+
+def _with_write_progress(vm_dir, work):
+    """Run `work` (a snapshot through the API) showing how much memory is written so far, on a TTY."""
+    if not sys.stderr.isatty():
+        return work()
+    import threading
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = work()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    shown = False
+    while t.is_alive():
+        t.join(0.2)
+        partial = [p for p in vm_dir.snapshots.glob(".*.partial-*/memory.snap")] if vm_dir.snapshots.is_dir() else []
+        written = sum(p.stat().st_blocks * 512 for p in partial if p.exists())
+        if partial:
+            sys.stderr.write(f"\rwriting memory: {written / 1048576:8.1f} MiB")
+            sys.stderr.flush()
+            shown = True
+    if shown:
+        sys.stderr.write("\n")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@app.command("snapshot")
+def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file that declares it."),
+             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>)."),
+             output: str = typer.Option("text", "-o", "--output", help="text or json.")) -> None:
+    """Take a point-in-time snapshot of a running VM (memory and all device state).
+
+    The guest is paused only while its state and memory are copied; the command
+    returns once the snapshot is complete on disk. Prints its id, size on disk and
+    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms).
+    Example: volt snapshot hello --name warm
+    """
+    if output not in ("text", "json"):
+        err(f"-o must be text or json, not {output!r}")
+        raise typer.Exit(rc.USAGE)
+    from ..runner.home import VmDir
+    from ..runner.snapshots import SnapshotCommandError, take
+    vm_name = _vm_name(target)
+    vm_dir = VmDir(home_dir(), vm_name)
+    if not vm_dir.exists():
+        err(f"no VM named {vm_name!r}")
+        raise typer.Exit(rc.FAILED)
+    try:
+        with vm_dir.lock():
+            result = _with_write_progress(vm_dir, lambda: take(vm_dir, name))
+    except SnapshotCommandError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED)
+    if output == "json":
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on disk "
+               f"({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused {result['paused_ms']:.1f} ms")
+
+
+@app.command("restore")
+def restore(name: str = typer.Argument(..., help="The VM to replace by a restore."),
+            snapshot_id: Optional[str] = typer.Option(None, "--snapshot", help="Which snapshot (default: newest valid)."),
+            no_jail: bool = NO_JAIL) -> None:
+    """Replace a VM by a restore of one of its snapshots (the current instance is stopped).
+
+    Example: volt restore hello --snapshot warm
+    """
+    set_no_jail(no_jail)
+    from ..runner import vmctl
+    from ..runner.home import VmDir
+    from ..runner.snapshots import list_snapshots
+    home = home_dir()
+    vm_dir = VmDir(home, name)
+    applied = vm_dir.read_applied()
+    if not applied:
+        err(f"no VM named {name!r}")
+        raise typer.Exit(rc.FAILED)
+    rows = [r for r in list_snapshots(home, name) if r["valid"]]
+    if snapshot_id:
+        rows = [r for r in rows if r["id"] == snapshot_id]
+    if not rows:
+        err(f"no valid snapshot {snapshot_id or ''} for vm/{name} (volt snapshots list {name})".replace("  ", " "))
+        raise typer.Exit(rc.FAILED)
+    snap = rows[-1]
+    import time
+    t0 = time.monotonic()
+    with vm_dir.lock():
+        vmctl.kill_now(vm_dir)
+        try:
+            vmctl.start(vm_dir, applied["vm"], restore_from=Path(snap["path"]),
+                        clock=(applied.get("snapshots") or {}).get("clock", "continue"))
+        except vmctl.VmStartError as e:
+            err(f"vm/{name}: restore of {snap['id']} failed: {e}")
+            raise typer.Exit(rc.FAILED)
+    typer.echo(f"vm/{name} restored from {snap['id']} in {(time.monotonic() - t0) * 1000:.0f} ms")
+
+
+@snapshots_app.command("list")
+def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's snapshots."),
+                   output: str = OUTPUT) -> None:
+    """List snapshots (also those of deleted VMs), oldest first.
+
+    Example: volt snapshots list hello -o json
+    """
+    from ..runner.snapshots import list_snapshots
+    rows = list_snapshots(home_dir(), vm)
+    if output == "json":
+        typer.echo(json.dumps([_snap_json(r) for r in rows], indent=2))
+    elif output == "yaml":
+        print_rows([_snap_json(r) for r in rows], "yaml")
+    else:
+        from tabulate import tabulate
+        import time
+        body = [[r["id"], r["vm"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-",
+                 r["trigger"] or "-", f"{r['size_bytes'] / 1048576:.1f}Mi / {r['logical_bytes'] / 1048576:.0f}Mi",
+                 f"{r['paused_ms']:.1f}" if r["paused_ms"] is not None else "-",
+                 "yes" if r["valid"] else f"no: {r['reason']}"] for r in rows]
+        typer.echo(tabulate(body, headers=["ID", "VM", "CREATED", "TRIGGER", "SIZE (disk/logical)",
+                                           "PAUSED ms", "VALID"], tablefmt="plain") if rows else "no snapshots")
+
+
+def _snap_json(r: dict) -> dict:
+    return {k: r[k] for k in ("id", "vm", "created", "trigger", "size_bytes", "logical_bytes", "paused_ms",
+                              "valid", "reason", "path")}
+
+
+def _snapshot_path(snapshot_id: str) -> Path:
+    """The snapshot's directory, or a one-line error and exit 1."""
+    from ..runner.snapshots import find
+    path = find(home_dir(), snapshot_id)
+    if path is None:
+        err(f"no snapshot {snapshot_id!r} (volt snapshots list)")
+        raise typer.Exit(rc.FAILED)
+    return path
+
+
+@snapshots_app.command("verify")
+def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot to check.")) -> None:
+    """Check a snapshot: the CRC of its state and the checksum of its memory file.
+
+    Example: volt snapshots verify hello-20261127-120000-ab12
+    """
+    from ..runner.progress import Progress
+    from ..runner.snapshots import summary
+    path = _snapshot_path(snapshot_id)
+    bar = Progress((path / "memory.snap").stat().st_size if (path / "memory.snap").exists() else 1,
+                   f"verifying {snapshot_id}")
+    row = summary(path, path.parent.name, deep=True, progress=bar)
+    bar.close()
+    if not row["valid"]:
+        typer.echo(f"snapshot {snapshot_id}: INVALID: {row['reason']}")
+        raise typer.Exit(rc.FAILED)
+    typer.echo(f"snapshot {snapshot_id}: ok (state CRC-64 and memory checksum match)")
+
+
+@snapshots_app.command("delete")
+def snapshots_delete(snapshot_id: str = typer.Argument(..., help="The snapshot to delete.")) -> None:
+    """Delete a snapshot.
+
+    Example: volt snapshots delete hello-20261127-120000-ab12
+    """
+    from ..runner.snapshots import delete
+    delete(_snapshot_path(snapshot_id))
+    typer.echo(f"snapshot {snapshot_id} deleted")

@@ -1,0 +1,115 @@
+"""The one place that orders a snapshot's save and restore; each component saves and restores itself.
+
+Save (the guest paused only for the capture and the fork of the memory writer): pause -> quiesce
+the virtio I/O -> vCPUs (TSC read first, on vCPU 0) -> VM (irqchip, PIT, clock) -> legacy
+devices -> virtio transports and disk copies -> fork the memory writer -> resume; then the
+memory checksum, state.json and the fsyncs, and the rename that makes it visible (snapshot/create.py).
+
+Restore (the builder has mapped the memory and created the VM): while the memory-slot thread
+registers guest RAM, everything that does not name it (vCPU registers, legacy devices); then MSRs
+(kvmclock and async PF point into RAM) and events, the VM-wide irqchip, PIT and clock, and the
+virtio transports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..snapshot.format import SnapshotError
+from .config import BootSourceConfig, MachineConfig
+
+_msr_indices: list[int] | None = None     # KVM_GET_MSR_INDEX_LIST: the host's, asked once
+
+
+def machine_of(state: dict, where: str) -> tuple[MachineConfig, BootSourceConfig]:
+    """The machine a (shape-checked) snapshot state describes, and the boot source it recorded."""
+    try:
+        meta, boot = state["meta"], state.get("boot") or {}
+        machine = MachineConfig(vcpus=int(meta["vcpus"]), memory_mib=int(meta["memory_mib"]))
+        text = {k: boot.get(k) if isinstance(boot.get(k), str) else None for k in ("kernel", "initrd", "cmdline", "boot")}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SnapshotError(f"{where}: bad metadata in state.json ({e})") from None
+    return machine, BootSourceConfig(text["kernel"] or "", text["initrd"], text["cmdline"] or "", text["boot"])
+
+
+def restore(machine, state: dict, clock_mode: str = "continue") -> list[int]:
+    """Put every component's state back, in the order above; returns MSRs KVM refused."""
+    from ..snapshot.vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
+    from ..snapshot.vm_state import elapsed_ns, restore_vm
+    refused: list[int] = []
+    try:
+        machine.create_vcpus()
+        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
+            restore_vcpu_registers(vcpu, vstate)
+        machine.devices.restore(state.get("devices", {}))
+        machine.wait_memory()
+        advance = elapsed_ns(state["vm"], clock_mode)
+        tsc_set_at = time.monotonic_ns()
+        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
+            refused += restore_vcpu_msrs_and_events(vcpu, vstate, advance)
+        restore_vm(machine.vm, state["vm"], advance, tsc_set_at)
+    except VcpuStateError as e:
+        raise SnapshotError(str(e)) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise SnapshotError(f"restoring VM state: {e}") from None
+    if machine.devices.virtio is not None:
+        machine.devices.virtio.restore(state["virtio"])
+    return refused
+
+
+def save(machine, dest: str, meta: dict | None = None, resume: bool = True) -> dict:
+    """Write a complete snapshot of `machine` to the new directory `dest`; returns a summary."""
+    from ..snapshot import create
+    from ..snapshot.memory_file import memory_digest
+    dest, tmp = create.begin(dest)
+    try:
+        xsize, was_running, t0 = _xsave_size(machine), machine.state == "Running", time.perf_counter()
+        machine.pause()
+        try:
+            captured, memory_writer = _capture(machine, tmp, xsize)
+        finally:
+            if resume and was_running:
+                machine.resume()
+        paused_ms = (time.perf_counter() - t0) * 1000
+        memory = memory_writer()
+        memory["sha256"] = memory_digest(os.path.join(tmp, create.MEMORY_FILE))
+        c, boot = machine.config, machine.boot_source or BootSourceConfig("")
+        state = {
+            "meta": dict(meta or {}, created=time.time(), memory_mib=c.memory_mib, vcpus=c.vcpus,
+                         xsave_size=xsize, host=create.host_identity(), paused_ms=round(paused_ms, 3)),
+            "boot": {"kernel": boot.kernel, "initrd": boot.initrd, "cmdline": boot.cmdline, "boot": boot.boot},
+            "memory": memory, **captured}
+        create.commit(tmp, dest, state)
+    except BaseException:
+        create.discard(tmp)
+        raise
+    return {"id": os.path.basename(dest), "path": dest, "paused_ms": round(paused_ms, 3),
+            "size_bytes": create.disk_usage(dest), "logical_bytes": memory["size"],
+            "memory_data_bytes": memory["data_bytes"], "created": state["meta"]["created"]}
+
+
+def _xsave_size(machine) -> int:
+    from ..snapshot.vcpu_state import xsave_size
+    global _msr_indices
+    if _msr_indices is None:
+        _msr_indices = machine.kvm.get_msr_index_list()
+    return xsave_size(machine.kvm)
+
+
+def _capture(machine, tmp: str, xsize: int):
+    """Everything but memory, and the memory writer started, while the guest is paused and the
+    device I/O threads hold still (so memory and the virtqueues agree)."""
+    from contextlib import nullcontext
+    from ..snapshot.create import start_memory_writer
+    from ..snapshot.vcpu_state import save_vcpu
+    from ..snapshot.vm_state import save_vm
+    virtio = machine.devices.virtio
+    with virtio.quiesced() if virtio is not None else nullcontext():
+        tsc_read_at: list[int] = []
+        vcpus = [save_vcpu(v, _msr_indices, xsize, tsc_read_at if v.index == 0 else None) for v in machine.vcpus]
+        captured = {"vcpus": vcpus, "vm": save_vm(machine.vm, tsc_read_at[0] if tsc_read_at else None),
+                    "devices": machine.devices.save()}
+        if virtio is not None:
+            captured["virtio"] = virtio.save(tmp)
+        return captured, start_memory_writer(machine.memory, tmp)
