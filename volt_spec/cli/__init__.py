@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 
 from .. import status_codes as rc
-from . import specs, vms, snapshots, host  # noqa: I001 - in the order `volt --help` lists their commands
+from . import specs, vms, snapshots, agent, host  # noqa: I001 - in the order `volt --help` lists their commands
 from .common import app, err
 
-__all__ = ["app", "main", "specs", "vms", "snapshots", "host"]
+__all__ = ["app", "main", "specs", "vms", "snapshots", "agent", "host"]
 
 
 def main() -> None:

@@ -56,14 +56,19 @@ def home_dir():
     return volt_home()
 
 
-def print_rows(rows: list[dict], output: str) -> None:
+def print_json_or_yaml(rows: list[dict], output: str) -> None:
     if output == "json":
         typer.echo(json.dumps(rows, indent=2))
-    elif output == "yaml":
+    else:
         from ruamel.yaml import YAML
         yaml = YAML()
         yaml.default_flow_style = False
         yaml.dump(rows, sys.stdout)
+
+
+def print_rows(rows: list[dict], output: str) -> None:
+    if output in ("json", "yaml"):
+        print_json_or_yaml(rows, output)
     else:
         from ..runner.status import table
         typer.echo(table(rows))

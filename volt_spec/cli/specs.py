@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -37,7 +36,14 @@ def schema() -> None:
 def apply(paths: List[str] = PATHS,
           dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
           prune: bool = typer.Option(False, "--prune",
-                                     help="Delete VMs applied earlier from these paths that they no longer declare."),
+                                     help="Delete the VMs owned by files under these paths that no longer "
+                                          "declare them (and nothing else)."),
+          source: Optional[str] = typer.Option(None, "--source", metavar="NAME",
+                                               help="Record NAME as the owner of these VMs (default: the git "
+                                                    "origin URL and the file's path in the repository, else "
+                                                    "the file's absolute path)."),
+          force_conflicts: bool = typer.Option(False, "--force-conflicts",
+                                               help="Take over VMs that another source owns."),
           no_jail: bool = NO_JAIL) -> None:
     """Make the VMs declared in PATHS exist and match their specs (idempotent).
 
@@ -45,30 +51,22 @@ def apply(paths: List[str] = PATHS,
     Changing memory, vCPUs, kernel, initrd or cmdline replaces the VM; labels, power state
     (spec.running) and snapshot policy are configured in place.
 
+    Each VM is owned by the source that applied it: two checkouts of one git repository own the
+    same VMs; a spec for a VM another source owns is refused as a conflict.
+
     Every VMM runs in a jail of its own (namespaces, a minimal root, its own uid, no
     capabilities, a seccomp filter, a cgroup sized by spec.resources).
 
     Example: volt apply examples/vms/hello.yaml
     """
     set_no_jail(no_jail)
-    from ..runner import apply as ap
+    from ..runner.reconcile import apply_paths
     specs = load_or_exit(paths)
-    home = home_dir()
-    applied_from = [str(Path(p).resolve()) for p in paths]
     failed = False
-    for spec in specs:
-        if dry_run:
-            action, detail = ap.plan(spec, home)
-            result = ap.Result(spec.name, action, detail if action != ap.RESTORED else "")
-        else:
-            result = ap.apply_one(spec, home, applied_from)
+    for result in apply_paths(specs, paths, home_dir(), dry_run=dry_run, prune=prune, source=source,
+                              force_conflicts=force_conflicts):
         failed |= result.error is not None
         typer.echo(result.line(dry_run))
-    if prune:
-        for name in ap.prunable(specs, home, applied_from):
-            result = ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
-            failed |= result.error is not None
-            typer.echo(result.line(dry_run))
     raise typer.Exit(rc.FAILED if failed else rc.OK)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -29,36 +28,40 @@ def status(name: Optional[str] = typer.Argument(None, help="One VM; all when omi
     print_rows(rows, output)
 
 
+def is_path(target: str) -> bool:
+    """A command-line target is a spec path when it has a `/` or a .yaml/.yml suffix; anything else
+    is a VM name, even when a file of that name exists here (`volt delete readme`)."""
+    return "/" in target or target.endswith((".yaml", ".yml"))
+
+
 @app.command("delete")
-def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names or spec paths."),
+def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names, or spec paths (with a / or a "
+                                                                    ".yaml/.yml suffix)."),
+           files: Optional[List[str]] = typer.Option(None, "-f", "--filename",
+                                                     help="A spec file or directory whose VMs to delete."),
            all_: bool = typer.Option(False, "--all", help="Delete every VM."),
            purge: bool = typer.Option(False, "--purge", help="Delete the VMs' snapshots too.")) -> None:
     """Delete VMs (stopping them first). Their snapshots stay unless --purge.
 
-    Example: volt delete hello   |   volt delete examples/vms/pair.yaml   |   volt delete --all
+    Example: volt delete hello   |   volt delete -f examples/vms/pair.yaml   |   volt delete --all
     """
     from ..runner import apply as ap
-    from ..runner.home import all_vm_names
+    from ..runner.home import VmDir, all_vm_names
     home = home_dir()
+    paths = list(files or []) + [t for t in targets or [] if is_path(t)]
+    names = [t for t in targets or [] if not is_path(t)]
     if all_:
         names = all_vm_names(home)
-    elif targets:
-        from ..runner.home import VmDir
-        names = []
-        for t in targets:
-            if Path(t).exists():
-                for s in load_or_exit([t]):       # a spec path: its VMs that exist (kubectl delete -f)
-                    if VmDir(home, s.name).exists():
-                        names.append(s.name)
-                    else:
-                        typer.echo(f"vm/{s.name} not found (skipped)")
-            else:
-                names.append(t)
-    else:
-        err("say which VMs: NAME..., a spec PATH, or --all")
+    elif not names and not paths:
+        err("say which VMs: NAME..., -f PATH, or --all")
         raise typer.Exit(rc.USAGE)
+    for s in load_or_exit(paths) if paths and not all_ else []:   # kubectl delete -f: its VMs that exist
+        if VmDir(home, s.name).exists():
+            names.append(s.name)
+        else:
+            typer.echo(f"vm/{s.name} not found (skipped)")
     failed = False
-    for n in names:
+    for n in dict.fromkeys(names):
         result = ap.delete(n, home, purge)
         failed |= result.error is not None
         typer.echo(result.line())

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..fsutil import os_error
 from . import vmctl
 from .home import VmDir, all_vm_names, write_json
-from .observe import ALIVE, BUSY, FAILED, observe
+from .observe import ALIVE, BUSY, COMPLETED, FAILED, observe
 
 CREATED, UNCHANGED, CONFIGURED, REPLACED, RESTORED, DELETED = (
     "created", "unchanged", "configured", "replaced", "restored", "deleted")
@@ -76,12 +76,39 @@ def file_sha256(path: str) -> str | None:
         return None
 
 
-def applied_record(spec, vm: dict, applied_from: list[str]) -> dict:
-    return {"name": spec.name, "source": spec.source, "applied_from": applied_from,
+def applied_record(spec, vm: dict, owner, commit: str | None) -> dict:
+    return {"name": spec.name, "source": spec.source, "owner": owner.to_dict(), "commit": commit,
             "source_sha256": file_sha256(spec.source),
             "document": spec.document, "spec_hash": spec.spec_hash(), "machine_hash": spec.machine_hash(),
-            "running": spec.running, "labels": dict(spec.labels), "vm": vm,
-            "snapshots": spec.snapshots, "applied_at": time.time()}
+            "running": spec.running, "restart_policy": spec.restart_policy, "labels": dict(spec.labels),
+            "vm": vm, "snapshots": spec.snapshots, "applied_at": time.time()}
+
+
+def conflict(spec, applied: dict | None, owner, resolver) -> str:
+    """Why `spec` may not take over a VM another source owns ("" when it may): a different source
+    always conflicts; another file of the same source only while that file still declares it
+    (a spec moved within the repository takes its VM along)."""
+    from .owner import Owner
+    if applied is None or ("owner" not in applied and applied.get("source") == spec.source):
+        return ""                                   # new, or recorded before owners: its own file
+    old = Owner.from_record(applied)
+    if old == owner or _released(old, owner, spec, resolver):
+        return ""
+    return (f"conflict: vm/{spec.name} is owned by {old.id}, not {owner.id} "
+            "(--force-conflicts takes it over; volt delete frees the name)")
+
+
+def _released(old, new, spec, resolver) -> bool:
+    """Does the old owner's file, in this checkout, no longer declare the VM?"""
+    if old.source != new.source:
+        return False
+    root, _ = resolver.repo(Path(spec.source))
+    path = Path(old.file) if old.source is None or root is None else root / old.file
+    if not path.is_file():
+        return True
+    from ..schema import load_specs
+    specs, _ = load_specs([str(path)])
+    return spec.name not in {s.name for s in specs}
 
 
 def plan(spec, home: Path) -> tuple[str, str]:
@@ -93,6 +120,8 @@ def plan(spec, home: Path) -> tuple[str, str]:
     if applied.get("machine_hash") != spec.machine_hash():
         return REPLACED, "machine changed: " + ", ".join(machine_changes(applied, spec))
     obs = observe(vm_dir)
+    if obs["state"] == COMPLETED and spec.running:          # ran to completion: left alone
+        return (UNCHANGED, "") if applied.get("spec_hash") == spec.spec_hash() else (CONFIGURED, "")
     if spec.running and obs["state"] == FAILED:
         return REPLACED, f"was failed: {obs['reason']}"
     if spec.running and obs["state"] not in ALIVE:
@@ -150,42 +179,62 @@ def _stderr(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
 
 
-def apply_one(spec, home: Path, applied_from: list[str], warn=_stderr) -> Result:
+def apply_one(spec, home: Path, resolver=None, force_conflicts: bool = False, warn=_stderr) -> Result:
+    """Apply one VM's spec (see the module docstring); a conflict with another owner changes nothing."""
+    from .owner import Resolver
+    resolver = resolver or Resolver()
+    owner, commit = resolver.owner(spec.source), resolver.commit(Path(spec.source))
     vm_dir = VmDir(home, spec.name)
     t0 = time.monotonic()
     with vm_dir.lock():
+        old = vm_dir.read_applied()
+        clash = "" if force_conflicts else conflict(spec, old, owner, resolver)
+        if clash:
+            return Result(spec.name, UNCHANGED, error=clash)
         busy = wait_while_busy(vm_dir, spec, warn)
         if busy:
             return Result(spec.name, UNCHANGED, error=busy)
         action, detail = plan(spec, home)
         if action == UNCHANGED:
+            _refresh(vm_dir, old, spec, owner, commit)
             return Result(spec.name, UNCHANGED)
         vm = resolve(spec)
-        old = vm_dir.read_applied()
         try:
-            if action == CREATED:
-                vm_dir.ensure()
-                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
-                if spec.running:
-                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
-            elif action == REPLACED:
-                vmctl.stop(vm_dir, timeout=5.0)
-                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
-                if spec.running:
-                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
-            else:  # CONFIGURED
-                write_json(vm_dir.applied, applied_record(spec, vm, applied_from))
-                if detail == "stopped":
-                    vmctl.stop(vm_dir)
-                elif detail == "started":
-                    action, detail = _start(vm_dir, vm, spec, action, detail, warn)
-                else:
-                    _configure_running(vm_dir, spec)
+            action, detail = _change(vm_dir, spec, vm, action, detail, applied_record(spec, vm, owner, commit), warn)
         except vmctl.VmStartError as e:
             return Result(spec.name, action, error=str(e) + _rollback(vm_dir, old))
         except OSError as e:                 # ENOSPC, EIO, EROFS writing $VOLT_HOME
             return Result(spec.name, action, error=os_error(e) + _rollback_quietly(vm_dir, old))
     return Result(spec.name, action, detail, time.monotonic() - t0)
+
+
+def _change(vm_dir: VmDir, spec, vm: dict, action: str, detail: str, record: dict, warn) -> tuple[str, str]:
+    """Carry out a planned create, replace or configure; the record is written before any start."""
+    if action == CREATED:
+        vm_dir.ensure()
+    elif action == REPLACED:
+        vmctl.stop(vm_dir, timeout=5.0)
+    write_json(vm_dir.applied, record)
+    if action in (CREATED, REPLACED):
+        return _start(vm_dir, vm, spec, action, detail, warn) if spec.running else (action, detail)
+    if detail == "stopped":
+        vmctl.stop(vm_dir)
+    elif detail == "started":
+        return _start(vm_dir, vm, spec, action, detail, warn)
+    else:
+        _configure_running(vm_dir, spec)
+    return action, detail
+
+
+def _refresh(vm_dir: VmDir, old: dict | None, spec, owner, commit: str | None) -> None:
+    """An unchanged VM applied from a moved or re-cloned checkout, or at a newer commit: the record
+    follows (where its file is now, the commit last applied) without counting as a change."""
+    if old is None:
+        return
+    fresh = {"source": spec.source, "owner": owner.to_dict(), "commit": commit}
+    if all(old.get(k) == v for k, v in fresh.items()):
+        return
+    write_json(vm_dir.applied, dict(old, source_sha256=file_sha256(spec.source), **fresh))
 
 
 def _rollback_quietly(vm_dir: VmDir, old: dict | None) -> str:
@@ -256,14 +305,15 @@ def delete(name: str, home: Path, purge: bool = False) -> Result:
     return Result(name, DELETED, "snapshots purged" if purge else "", time.monotonic() - t0)
 
 
-def prunable(specs, home: Path, applied_from: list[str]) -> list[str]:
-    """VMs applied earlier from one of these paths that the paths no longer declare."""
+def prunable(specs, home: Path, scopes) -> list[str]:
+    """VMs owned under one of the applied paths' scopes (owner.Scope) that they no longer declare."""
+    from .owner import Owner
     wanted = {s.name for s in specs}
     out = []
     for name in all_vm_names(home):
         if name in wanted:
             continue
-        rec = VmDir(home, name).read_applied() or {}
-        if set(rec.get("applied_from", [])) & set(applied_from):
+        owner = Owner.from_record(VmDir(home, name).read_applied() or {})
+        if any(scope.covers(owner) for scope in scopes):
             out.append(name)
     return out

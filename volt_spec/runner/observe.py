@@ -7,7 +7,7 @@ import time
 from .home import VmDir
 from .procs import is_alive
 
-RUNNING, PAUSED, STOPPED, FAILED, BUSY = "running", "paused", "stopped", "failed", "busy"
+RUNNING, PAUSED, STOPPED, FAILED, BUSY, COMPLETED = "running", "paused", "stopped", "failed", "busy", "completed"
 NOT_STARTED = "not started since its spec was applied (an interrupted apply?); volt apply starts it"
 ALIVE = (RUNNING, PAUSED, BUSY)          # a VMM process is there: never replaced for being slow
 
@@ -19,11 +19,12 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
     is alive AND its API socket answers. busy: it is alive but its API did not answer in
     time (a large snapshot being written, a host under load): slow is not failed.
     failed: it died uncleanly. stopped: never started, stopped on purpose, or powered off.
+    completed: it powered off by itself and its restartPolicy (Never, OnFailure) keeps it so.
     """
     inst = vm_dir.read_instance()
     applied = vm_dir.read_applied() or {}
     out = {"state": STOPPED, "pid": None, "uptime_s": None, "reason": "",
-           "booted_from": None, "generation": None, "policy": None}
+           "booted_from": None, "generation": None, "policy": None, "ended_by": None}
     if not inst:
         if applied and not applied.get("running", True):
             out["reason"] = "spec.running is false"
@@ -52,7 +53,12 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         out["reason"] = ended.get("reason", "")
         clean = ended.get("clean", False)
         stopped_on_purpose = inst.get("stop_requested", False)
+        out.update(ended_by="request" if stopped_on_purpose else "guest" if clean else "failure",
+                   started_at=inst.get("started_at"), ended_at=ended.get("ended_at"))
         out["state"] = STOPPED if (clean or stopped_on_purpose) else FAILED
+        if clean and not stopped_on_purpose and applied.get("restart_policy", "Always") != "Always":
+            out["state"] = COMPLETED
+            return out
         if applied.get("running", True) and float(ended.get("ended_at", 0)) < float(applied.get("applied_at", 0)):
             out["reason"] = f"{NOT_STARTED} (its last instance had ended: {out['reason'] or 'stopped'})"
         return out

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .home import VmDir, all_vm_names
-from .observe import observe
+from .observe import ALIVE, observe
+from .owner import Owner
 
 
 def _age(seconds: float | None) -> str:
@@ -52,7 +54,6 @@ def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
 
 def last_snapshot(vm_dir: VmDir) -> dict | None:
     """The newest snapshot of a VM: {id, created, trigger} (read from its state.json)."""
-    import time
     from ..snapshot.catalogue import newest
     snap = newest(vm_dir.snapshots, vm_dir.name)
     if snap is None:
@@ -60,6 +61,17 @@ def last_snapshot(vm_dir: VmDir) -> dict | None:
     created = snap.created or None
     return {"id": snap.id, "created": created, "trigger": snap.meta.get("trigger", "manual"),
             "age_s": round(time.time() - created, 1) if created else None}
+
+
+def _restarts(vm_dir: VmDir, obs: dict, rec: dict) -> dict | None:
+    """The agent's restart record for an ended VM: {restarts, next_at, describe}; None when none."""
+    from .restart import Backoff
+    if not (vm_dir.path / "restarts.json").exists():
+        return None
+    b = Backoff.load(vm_dir)
+    if obs["state"] in ALIVE:
+        return {"restarts": b.restarts, "next_at": 0.0, "describe": ""}
+    return {"restarts": b.restarts, "next_at": b.next_at, "describe": b.describe()}
 
 
 def collect(home: Path, only: str | None = None) -> list[dict]:
@@ -79,6 +91,9 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
         reason = obs["reason"]
         if policy.get("last_error"):
             reason = f"warning: {policy['last_error']}" + (f"; {reason}" if reason else "")
+        restarts = _restarts(vm_dir, obs, rec)
+        if restarts and restarts["next_at"] > time.time():
+            reason = restarts["describe"] + (f"; {reason}" if reason else "")
         due = policy.get("next_interval_due")
         rows.append({
             "name": name,
@@ -91,10 +106,14 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
             "last_snapshot": last_snapshot(vm_dir),
             "spec": drift.get(name, "drifted"),
             "reason": reason,
-            "next_snapshot_in_s": round(max(0.0, due - __import__("time").time()), 1) if due else None,
+            "next_snapshot_in_s": round(max(0.0, due - time.time()), 1) if due else None,
             "jail": (vm_dir.read_instance() or {}).get("jail") if obs["pid"] else None,
             "labels": rec.get("labels", {}),
             "source": rec.get("source"),
+            "owner": Owner.from_record(rec).id,
+            "commit": rec.get("commit"),
+            "restart_policy": rec.get("restart_policy", "Always"),
+            "restarts": restarts["restarts"] if restarts else 0,
         })
     return rows
 

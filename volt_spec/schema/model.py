@@ -75,6 +75,7 @@ class VmSpec:
     devices: dict
     document: dict              # the plain document as written
     resources: dict = None      # the VMM's cgroup limits (defaults applied): memory_bytes, cpus, pids
+    restart_policy: str = "Always"   # Always | OnFailure | Never: what the agent does when it ends
 
     def __hash__(self) -> int:            # dict fields are unhashable; name + file identify a VM
         return hash((self.name, self.source))
@@ -137,7 +138,7 @@ def build_spec(source: str, document: dict) -> VmSpec:
         memory_mib=memory_bytes(spec.get("memory", DEFAULT_MEMORY)) // MiB,
         running=spec.get("running", True), serial_log=devices["serial"]["log"],
         snapshots=_snapshots(spec.get("snapshots", {})), devices=devices, document=document,
-        resources=_resources(spec),
+        resources=_resources(spec), restart_policy=spec.get("restartPolicy", "Always"),
     )
 
 

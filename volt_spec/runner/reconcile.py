@@ -1,0 +1,39 @@
+"""One reconcile pass over applied paths: apply every spec, then prune what their scopes no longer
+declare. `volt apply` makes one pass; `volt agent` makes one per sync."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import apply as ap
+from .owner import Resolver
+
+
+def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prune: bool = False,
+                source: str | None = None, force_conflicts: bool = False, warn=ap._stderr,
+                skip=None) -> Iterator[ap.Result]:
+    """A Result per VM, in the specs' order, then one per pruned VM. `skip(spec)` -> a Result
+    leaves that VM alone this pass (the agent's restart back-off)."""
+    resolver = Resolver(source)
+    for spec in specs:
+        held = skip(spec) if skip else None
+        if held is not None:
+            yield held
+        elif dry_run:
+            yield _dry_run(spec, home, resolver, force_conflicts)
+        else:
+            yield ap.apply_one(spec, home, resolver, force_conflicts, warn)
+    if prune:
+        for name in ap.prunable(specs, home, [resolver.scope(p) for p in paths]):
+            yield ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
+
+
+def _dry_run(spec, home: Path, resolver: Resolver, force_conflicts: bool) -> ap.Result:
+    from .home import VmDir
+    clash = "" if force_conflicts else ap.conflict(spec, VmDir(home, spec.name).read_applied(),
+                                                   resolver.owner(spec.source), resolver)
+    if clash:
+        return ap.Result(spec.name, ap.UNCHANGED, error=clash)
+    action, detail = ap.plan(spec, home)
+    return ap.Result(spec.name, action, detail if action != ap.RESTORED else "")
