@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from .agentproc import AgentProc
 from .gitrepo import clone, commit_all, git, upstream
 from .timing import scaled
 from .voltcli import spec_text, write
@@ -30,44 +28,6 @@ POLICY = """  restartPolicy: {policy}
 
 def vm_spec(name: str, memory: str = "128Mi", policy: str = "Always", cmdline: str = "volt.ticks=0 volt.tick_ms=200"):
     return spec_text(name, memory=memory, cmdline=cmdline) + POLICY.format(policy=policy)
-
-
-class AgentProc:
-    """A `volt agent -o json` process; its events collected as they come (a thread reads them)."""
-
-    def __init__(self, volt, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "volt_spec", "agent", *args, "-o", "json"],
-                                     env=volt.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.events: list[dict] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self.cond:
-                self.events.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait_event(self, pred, what: str, timeout: float = 60.0, after: int = 0) -> dict:
-        deadline = time.monotonic() + scaled(timeout)
-        with self.cond:
-            while True:
-                for e in self.events[after:]:
-                    if pred(e):
-                        return e
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"no {what} within {timeout}s; events: {self.events[-12:]}; "
-                                         f"stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}")
-                self.cond.wait(left)
-
-    def synced(self, after: int = 0, timeout: float = 60.0) -> dict:
-        return self.wait_event(lambda e: e["event"] in ("synced", "sync-failed"), "sync", timeout, after)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(scaled(timeout))
 
 
 def wait_for(cond, what: str, timeout: float = 30.0):
@@ -106,6 +66,7 @@ def test_the_agent_keeps_a_host_converged_on_a_git_repository(volt, repo, tmp_pa
         assert {r["commit"] for r in running.values()} == {git(work, "rev-parse", "HEAD")}
         status = json.loads(volt("agent", "status", "-o", "json").stdout)
         assert status[0]["state"] == "running" and status[0]["commit"] == git(work, "rev-parse", "HEAD")
+        assert f"agent: file://{up} (vms) at {git(work, 'rev-parse', 'HEAD')[:12]}, last sync 20" in volt("status").stdout
 
         os.kill(running["a"]["pid"], signal.SIGKILL)
         wait_for(lambda: (r := states(volt)["a"])["state"] == "running" and r["pid"] != running["a"]["pid"],

@@ -154,7 +154,7 @@ def test_status_yaml_and_table(volt, tmp_path):
     table = volt("status").stdout
     for col in ("NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED", "LAST-SNAPSHOT", "SPEC"):
         assert col in table
-    assert "running" in table and "in sync" in table
+    assert "running" in table and "in-sync" in table
     assert "state: running" in volt("status", "t", "-o", "yaml").stdout
     keys = set(volt.state("t"))
     assert {"name", "state", "vcpus", "memory_mib", "uptime_s", "pid", "booted_from", "last_snapshot",
@@ -176,3 +176,11 @@ def test_console_attach_streams_the_guest(volt, tmp_path):
     assert proc.wait(timeout=10) == 0
     r = volt("console", "nope", check=1)
     assert "no VM named 'nope'" in r.stderr
+
+
+def test_restore_of_a_missing_snapshot_with_fallback_boot_warns_and_boots(volt, tmp_path):
+    spec = write(tmp_path / "fb.yaml", spec_text("fb") + "  snapshots: {restore: {id: golden-1, fallback: boot}}\n")
+    r = volt("apply", spec)
+    assert r.stdout.startswith("vm/fb created"), r.stdout
+    assert "warning: vm/fb: snapshot golden-1 not found; cold boot instead" in r.stderr
+    volt.wait_log("fb", "tick 1 ")

@@ -42,12 +42,9 @@ def survived(victims) -> bool:
     ["snapshots", "delete", ".."],
     ["snapshots", "delete", "../../victims/snap"],
     ["snapshots", "verify", "../../victims/snap"],
-    ["delete", "../../victims/vm"],
-    ["delete", "../victims/vm", "--purge"],
     ["stop", "../../victims/vm"],
     ["logs", "../x"],
     ["console", "../x"],
-    ["snapshot", "../../victims/vm"],
     ["snapshot", "ok", "--name", "../../victims/snap"],
     ["restore", "../../victims/vm"],
     ["restore", "ok", "--snapshot", "../x"],
@@ -68,6 +65,17 @@ def test_a_name_that_would_be_a_path_is_refused_and_nothing_outside_is_touched(p
     assert survived(victims)
     assert not list(tmp_path.glob("*.lock")) and not list(victims.rglob("*.lock"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "victims"]
+
+
+@pytest.mark.parametrize("args", [["delete", "../../victims/vm"], ["delete", "../victims/vm", "--purge"],
+                                  ["delete", "-f", "{victims}/vm"], ["snapshot", "../../victims/vm"]])
+def test_a_target_with_a_slash_is_a_spec_path_and_nothing_outside_is_touched(planted, tmp_path, args):
+    """`volt delete X/Y` reads X/Y as a spec path (never as a name made into a path under $VOLT_HOME):
+    there is no spec there, so it is refused and nothing is deleted."""
+    volt, victims = planted
+    r = volt(*[a.replace("{victims}", str(victims)) for a in args], check=1)
+    assert re.match(r"^\S*victims/vm: (no such file or directory|directory has no \*\.yaml)", r.stderr), r.stderr
+    assert survived(victims)
 
 
 def test_names_match_the_schema_rules():

@@ -93,12 +93,17 @@ def test_a_clone_owns_the_same_vms_and_prunes_them(cli, tmp_path):
     assert [r["name"] for r in cli.status()] == ["x", "z"]
 
 
-def test_a_moved_checkout_stays_in_sync(cli, tmp_path):
-    up = upstream(tmp_path / "up.git")
-    a = clone(up, tmp_path / "a")
-    write(a / "x.yaml", spec_text("x", running=False))
+def applied_checkout(cli, tmp_path, file: str, name: str):
+    """A clone of a fresh upstream holding one committed spec, applied."""
+    a = clone(upstream(tmp_path / "up.git"), tmp_path / "a")
+    write(a / file, spec_text(name, running=False))
     commit_all(a, "one")
     cli("apply", str(a))
+    return a
+
+
+def test_a_moved_checkout_stays_in_sync(cli, tmp_path):
+    a = applied_checkout(cli, tmp_path, "x.yaml", "x")
     shutil.move(a, tmp_path / "moved")
     assert cli("apply", str(tmp_path / "moved")).stdout.strip() == "vm/x unchanged"
     assert cli.state("x")["spec"] == "in-sync"
@@ -119,11 +124,7 @@ def test_a_second_file_declaring_a_vm_is_a_conflict(cli, tmp_path):
 
 
 def test_a_spec_moved_within_its_repository_takes_its_vm_along(cli, tmp_path):
-    up = upstream(tmp_path / "up.git")
-    a = clone(up, tmp_path / "a")
-    write(a / "old.yaml", spec_text("m", running=False))
-    commit_all(a, "one")
-    cli("apply", str(a))
+    a = applied_checkout(cli, tmp_path, "old.yaml", "m")
     (a / "old.yaml").rename(a / "new.yaml")
     assert cli("apply", str(a), "--prune").stdout.strip() == "vm/m unchanged"
     assert owner_of(cli, "m")["owner"]["file"] == "new.yaml"

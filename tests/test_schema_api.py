@@ -36,7 +36,7 @@ def test_minimal_spec_gets_defaults() -> None:
     assert (spec.name, spec.kernel, spec.initrd, spec.cmdline, spec.boot) == \
         ("minimal", "builtin:testguest", None, "", None)
     assert (spec.vcpus, spec.memory_mib, spec.running, spec.serial_log) == (1, 128, True, True)
-    assert spec.snapshots == {"restore": "latest", "clock": "continue", "triggers": [],
+    assert spec.snapshots == {"restore": "latest", "fallback": "boot", "clock": "continue", "triggers": [],
                               "retain": {"count": 3, "maxAge": None}}
     assert spec.devices == {"serial": {"log": True}, "disks": [], "network": [], "virtioAnnounce": "acpi"}
     assert spec.source == str(GOOD / "minimal.yaml") and os.path.isabs(spec.source)
@@ -59,6 +59,7 @@ def test_full_spec_is_normalised_with_absolute_paths() -> None:
     assert triggers[1] == {"trigger": "interval", "every": "90s"}
     assert spec.snapshots["retain"] == {"count": 1, "maxAge": "7d"}
     assert (spec.snapshots["restore"], spec.snapshots["clock"]) == ("snap-20240101.1", "realtime")
+    assert spec.snapshots["fallback"] == "error"           # a named snapshot that is missing: refused
 
 
 def test_memory_forms_agree() -> None:

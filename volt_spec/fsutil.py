@@ -86,3 +86,13 @@ def read_regular(path: str | os.PathLike, limit: int, follow: bool = False) -> b
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: str) -> str | None:
+    """sha256 of a file's bytes (hex), None when it cannot be read."""
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None

@@ -8,7 +8,8 @@ import typer
 from typer.core import TyperGroup
 
 from .. import status_codes as rc
-from .common import NO_JAIL, OUTPUT, app, err, home_dir, print_json_or_yaml, set_no_jail
+from .common import (HELP, NO_JAIL, OUTPUT, RECURSIVE, app, duration_or_exit, err, home_dir, one_of_or_exit,
+                     print_json_or_yaml, set_no_jail)
 
 
 class _RunByDefault(TyperGroup):
@@ -20,7 +21,7 @@ class _RunByDefault(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-agent_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, rich_markup_mode=None,
+agent_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
                         help="Keep this host converged on a directory or git repository of specs.")
 app.add_typer(agent_app, name="agent")
 
@@ -35,7 +36,7 @@ def run(target: str = typer.Argument(..., metavar="PATH|GIT-URL",
         source: Optional[str] = typer.Option(None, "--source", metavar="NAME",
                                              help="Own the VMs as NAME (default: the repository's origin URL)."),
         output: str = typer.Option("text", "-o", "--output", help="Event lines as text or json."),
-        no_jail: bool = NO_JAIL) -> None:
+        recursive: bool = RECURSIVE, no_jail: bool = NO_JAIL) -> None:
     """Pull, apply (with prune for this source), watch, repeat, until SIGTERM.
 
     A VM whose VMM ends is restarted within seconds under its spec.restartPolicy, with
@@ -50,22 +51,15 @@ def run(target: str = typer.Argument(..., metavar="PATH|GIT-URL",
     from ..runner.agent import Agent
     from ..runner.agentstate import EventLog
     from ..runner.gitsource import Source, SourceError
-    from ..schema.sizes import duration_seconds
-    if output not in ("text", "json"):
-        err(f"-o must be text or json, not {output!r}")
-        raise typer.Exit(rc.USAGE)
-    try:
-        interval_s = duration_seconds(interval)
-    except ValueError as e:
-        err(f"--interval: {e}")
-        raise typer.Exit(rc.USAGE)
+    one_of_or_exit("-o", output, ("text", "json"))
+    interval_s = duration_or_exit("--interval", interval)
     home = home_dir()
     try:
         src = Source(target, home / "agent-cache", branch, subdir)
     except SourceError as e:
         err(str(e))
         raise typer.Exit(rc.USAGE)
-    raise typer.Exit(Agent(src, home, interval_s, EventLog(json_lines=output == "json"), source).run())
+    raise typer.Exit(Agent(src, home, interval_s, EventLog(json_lines=output == "json"), source, recursive).run())
 
 
 @agent_app.command("status")
@@ -87,3 +81,38 @@ def status(output: str = OUTPUT) -> None:
              r.get("last_sync") or "-", r.get("last_error") or ""] for r in rows]
     typer.echo(tabulate(body, headers=["SOURCE", "STATE", "PID", "COMMIT", "LAST-SYNC", "LAST-ERROR"],
                         tablefmt="plain"))
+
+
+@agent_app.command("install")
+def install(target: str = typer.Argument(..., metavar="PATH|GIT-URL", help="What the agent follows (as for run)."),
+            branch: Optional[str] = typer.Option(None, "--branch", help="The branch to follow."),
+            subdir: str = typer.Option("", "--path", metavar="SUBDIR", help="The specs' directory in the repository."),
+            interval: str = typer.Option("30s", "--interval", help="Time between syncs."),
+            source: Optional[str] = typer.Option(None, "--source", metavar="NAME", help="Own the VMs as NAME."),
+            recursive: bool = RECURSIVE,
+            name: str = typer.Option("volt-agent", "--name", help="The unit's name (NAME.service)."),
+            unit_dir: str = typer.Option("/etc/systemd/system", "--unit-dir", help="Where to write the unit."),
+            enable: bool = typer.Option(True, "--enable/--no-enable",
+                                        help="Enable and start it (when systemd runs).")) -> None:
+    """Write a systemd unit that runs `volt agent` at boot and stops it, VMs first, at shutdown.
+
+    Type=notify (ready after the first sync), Restart=always, after network-online.target;
+    KillMode=process so the agent stops its VMs itself, through their stop triggers.
+
+    Example: volt agent install https://git.example.com/fleet.git --path vms
+    """
+    from ..runner.gitsource import is_remote
+    from ..runner.unit import UnitError, install as write_unit, unit_text
+    from pathlib import Path
+    duration_or_exit("--interval", interval)
+    where = target if is_remote(target) else str(Path(target).resolve())
+    args = [where, "--interval", interval, *(["--branch", branch] if branch else []),
+            *(["--path", subdir] if subdir else []), *(["--source", source] if source else []),
+            *(["--recursive"] if recursive else [])]
+    text = unit_text(args, home_dir(), f"volt agent: keep this host's microVMs on {where}")
+    try:
+        for line in write_unit(name, text, Path(unit_dir), enable):
+            typer.echo(line)
+    except UnitError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED)

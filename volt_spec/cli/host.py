@@ -41,3 +41,22 @@ def host_info() -> None:
         err(str(e))
         raise typer.Exit(rc.FAILED)
     typer.echo(f"max vcpus per VM: {kvm.max_vcpus()}")
+
+
+@app.command("completion")
+def completion(shell: str = typer.Argument(..., metavar="bash|zsh|fish", help="The shell to complete in.")) -> None:
+    """Print the shell completion script for volt (commands, options, VM names).
+
+    Example: volt completion bash > /etc/bash_completion.d/volt   |   source <(volt completion zsh)
+    """
+    import click
+    from click.shell_completion import get_completion_class
+    from typer._completion_classes import completion_init
+    completion_init()                        # typer's scripts and classes (cli.main does it on a tab)
+    shells = ("bash", "zsh", "fish")
+    if shell not in shells:
+        err(f"completion: {shell!r} is not one of {', '.join(shells)}")
+        raise typer.Exit(rc.USAGE)
+    command = typer.main.get_command(app)
+    script = get_completion_class(shell)(command, {}, "volt", "_VOLT_COMPLETE").source()
+    click.echo(script)

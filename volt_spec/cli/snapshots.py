@@ -5,23 +5,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .. import status_codes as rc
-from .common import NO_JAIL, OUTPUT, app, err, home_dir, load_or_exit, print_rows, set_no_jail, snapshots_app
+from .common import (NO_JAIL, OUTPUT, SELECTOR, app, err, home_dir, is_path, load_or_exit, pick_vms, print_rows,
+                     set_no_jail, snapshots_app)
 
 
-def _vm_name(target: str) -> str:
-    """A VM name, or the single VM a spec file declares."""
-    if Path(target).is_file():
-        specs = load_or_exit([target])
-        if len(specs) != 1:
-            err(f"{target} declares {len(specs)} VMs; name one of them: {', '.join(s.name for s in specs)}")
-            raise typer.Exit(rc.USAGE)
-        return specs[0].name
-    return target
+def _vm_names(targets: list[str], selector: str | None) -> list[str]:
+    """VM names: NAMEs, the VMs spec paths declare (a / or a .yaml/.yml suffix), or -l SELECTOR."""
+    names: list[str] = []
+    for t in targets:
+        names += [s.name for s in load_or_exit([t])] if is_path(t) else [t]
+    if not names and selector is None:
+        err("say which VMs: NAME..., a spec PATH, or -l SELECTOR")
+        raise typer.Exit(rc.USAGE)
+    return pick_vms(names, selector, home_dir())
 
 
 def _with_write_progress(vm_dir, work):
@@ -56,37 +57,62 @@ def _with_write_progress(vm_dir, work):
 
 
 @app.command("snapshot")
-def snapshot(target: str = typer.Argument(..., help="A VM name or the spec file that declares it."),
-             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id (default: <vm>-<time>-<rand>)."),
+def snapshot(targets: List[str] = typer.Argument(None, metavar="NAME|PATH...",
+                                                 help="VM names, or spec files (a / or .yaml/.yml suffix)."),
+             selector: Optional[str] = SELECTOR,
+             name: Optional[str] = typer.Option(None, "--name", help="Snapshot id, for one VM (default: "
+                                                                     "<vm>-<time>-<rand>)."),
+             expire: bool = typer.Option(False, "--expire", help="Subject it to the spec's retain rules, as a "
+                                                                 "policy snapshot is (default: kept until deleted)."),
              output: str = typer.Option("text", "-o", "--output", help="text or json.")) -> None:
-    """Take a point-in-time snapshot of a running VM (memory and all device state).
+    """Take a point-in-time snapshot of running VMs (memory and all device state).
 
     The guest is paused only while its state and memory are copied; the command
     returns once the snapshot is complete on disk. Prints its id, size on disk and
-    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms).
-    Example: volt snapshot hello --name warm
+    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms;
+    a list when several VMs were asked for).
+    A manual snapshot is kept until `volt snapshots delete`: it neither counts against
+    spec.snapshots.retain nor ages out by it, unless taken with --expire (retention then
+    runs at once, as after a policy snapshot).
+
+    Example: volt snapshot hello --name warm   |   volt snapshot -l tier=db
     """
     if output not in ("text", "json"):
         err(f"-o must be text or json, not {output!r}")
         raise typer.Exit(rc.USAGE)
+    names = _vm_names(targets or [], selector)
+    if name and len(names) != 1:
+        err(f"--name names one snapshot; {len(names)} VMs were asked for")
+        raise typer.Exit(rc.USAGE)
+    results, failed = [], False
+    for vm_name in names:
+        result = _snapshot_one(vm_name, name, expire)
+        failed |= result is None
+        if result is not None and output == "json":
+            results.append(result)
+        elif result is not None:
+            typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on "
+                       f"disk ({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused "
+                       f"{result['paused_ms']:.1f} ms")
+    if output == "json":
+        typer.echo(json.dumps(results[0] if len(names) == 1 and results else results, indent=2))
+    raise typer.Exit(rc.FAILED if failed else rc.OK)
+
+
+def _snapshot_one(vm_name: str, name: str | None, expire: bool) -> dict | None:
+    """One VM's snapshot, or None after saying why not."""
     from ..runner.home import VmDir
     from ..runner.snapshots import SnapshotCommandError, take
-    vm_name = _vm_name(target)
     vm_dir = VmDir(home_dir(), vm_name)
     if not vm_dir.exists():
         err(f"no VM named {vm_name!r}")
-        raise typer.Exit(rc.FAILED)
+        return None
     try:
         with vm_dir.lock():
-            result = _with_write_progress(vm_dir, lambda: take(vm_dir, name))
+            return _with_write_progress(vm_dir, lambda: take(vm_dir, name, expire=expire))
     except SnapshotCommandError as e:
         err(str(e))
-        raise typer.Exit(rc.FAILED)
-    if output == "json":
-        typer.echo(json.dumps(result, indent=2))
-        return
-    typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on disk "
-               f"({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused {result['paused_ms']:.1f} ms")
+        return None
 
 
 @app.command("restore")
@@ -144,16 +170,27 @@ def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's
         from tabulate import tabulate
         import time
         body = [[r["id"], r["vm"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-",
-                 r["trigger"] or "-", f"{r['size_bytes'] / 1048576:.1f}Mi / {r['logical_bytes'] / 1048576:.0f}Mi",
+                 _trigger(r), f"{r['size_bytes'] / 1048576:.1f}Mi / {r['logical_bytes'] / 1048576:.0f}Mi",
                  f"{r['paused_ms']:.1f}" if r["paused_ms"] is not None else "-",
                  "yes" if r["valid"] else f"no: {r['reason']}"] for r in rows]
         typer.echo(tabulate(body, headers=["ID", "VM", "CREATED", "TRIGGER", "SIZE (disk/logical)",
                                            "PAUSED ms", "VALID"], tablefmt="plain") if rows else "no snapshots")
 
 
+def _trigger(r: dict) -> str:
+    """What took it; `manual, expires` for one retention governs (volt snapshot --expire)."""
+    if r["trigger"] == "manual" and r["expire"]:
+        return "manual, expires"
+    return r["trigger"] or "-"
+
+
 def _snap_json(r: dict) -> dict:
-    return {k: r[k] for k in ("id", "vm", "created", "trigger", "size_bytes", "logical_bytes", "paused_ms",
-                              "valid", "reason", "path")}
+    """A row for -o json|yaml: `created` in RFC 3339 (UTC)."""
+    from ..runner.times import rfc3339
+    out = {k: r[k] for k in ("id", "vm", "created", "trigger", "expire", "size_bytes", "logical_bytes",
+                             "paused_ms", "valid", "reason", "path")}
+    out["created"] = rfc3339(out["created"]) if out["created"] else None
+    return out
 
 
 def _snapshot_path(snapshot_id: str) -> Path:
@@ -186,11 +223,20 @@ def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot t
 
 
 @snapshots_app.command("delete")
-def snapshots_delete(snapshot_id: str = typer.Argument(..., help="The snapshot to delete.")) -> None:
-    """Delete a snapshot.
+def snapshots_delete(target: str = typer.Argument(..., metavar="SNAPSHOT_ID|VM",
+                                                  help="The snapshot to delete; with --all, the VM whose snapshots."),
+                     all_: bool = typer.Option(False, "--all", help="Every snapshot of the VM named, also of a "
+                                                                    "VM that was deleted.")) -> None:
+    """Delete a snapshot, or with --all every snapshot of one VM (snapshots outlive their VM).
 
-    Example: volt snapshots delete hello-20261127-120000-ab12
+    Example: volt snapshots delete hello-20261127-120000-ab12   |   volt snapshots delete --all hello
     """
+    if all_:
+        from ..runner.snapshots import delete_all
+        deleted = delete_all(home_dir(), target)
+        typer.echo(f"{len(deleted)} snapshot{'s' * (len(deleted) != 1)} of vm/{target} deleted" if deleted
+                   else f"vm/{target} has no snapshots")
+        return
     from ..runner.snapshots import delete
-    delete(_snapshot_path(snapshot_id))
-    typer.echo(f"snapshot {snapshot_id} deleted")
+    delete(_snapshot_path(target))
+    typer.echo(f"snapshot {target} deleted")

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import List, Optional
 
 import typer
 
 from .. import status_codes as rc
-from .common import NO_JAIL, PATHS, app, err, home_dir, load_or_exit, set_no_jail
+from .common import NO_JAIL, PATHS, RECURSIVE, app, err, home_dir, set_no_jail
 
 
 @app.command("validate")
-def validate(paths: List[str] = PATHS) -> None:
+def validate(paths: List[str] = PATHS, recursive: bool = RECURSIVE) -> None:
     """Check specs against the schema and the host; report every error as file:line:col.
 
-    Example: volt validate examples/vms/
+    Example: volt validate examples/vms/   |   kustomize build | volt validate -
     """
     from ..schema import validate_command
-    raise typer.Exit(validate_command(paths))
+    raise typer.Exit(validate_command(paths, recursive=recursive))
 
 
 @app.command("schema")
@@ -30,6 +29,23 @@ def schema() -> None:
     """
     from ..schema import schema_text
     typer.echo(schema_text())
+
+
+@app.command("explain")
+def explain(field: str = typer.Argument("", metavar="FIELD",
+                                        help="A dotted field path: spec, spec.snapshots.triggers, metadata.labels.")) -> None:
+    """Document a spec field from the schema: its type, default, allowed values and its fields.
+
+    Example: volt explain spec.snapshots.triggers
+    """
+    import json as json_mod
+    from ..schema.explain import ExplainError, explain as explain_field
+    from ..schema.files import schema_text
+    try:
+        typer.echo(explain_field(json_mod.loads(schema_text()), field.removeprefix("VirtualMachine.")))
+    except ExplainError as e:
+        err(str(e))
+        raise typer.Exit(rc.USAGE)
 
 
 @app.command("apply")
@@ -44,7 +60,7 @@ def apply(paths: List[str] = PATHS,
                                                     "the file's absolute path)."),
           force_conflicts: bool = typer.Option(False, "--force-conflicts",
                                                help="Take over VMs that another source owns."),
-          no_jail: bool = NO_JAIL) -> None:
+          recursive: bool = RECURSIVE, no_jail: bool = NO_JAIL) -> None:
     """Make the VMs declared in PATHS exist and match their specs (idempotent).
 
     Prints one line per VM: created | unchanged | configured | replaced | restored | deleted.
@@ -60,29 +76,28 @@ def apply(paths: List[str] = PATHS,
     Example: volt apply examples/vms/hello.yaml
     """
     set_no_jail(no_jail)
-    from ..runner.reconcile import apply_paths
-    specs = load_or_exit(paths)
-    failed = False
-    for result in apply_paths(specs, paths, home_dir(), dry_run=dry_run, prune=prune, source=source,
-                              force_conflicts=force_conflicts):
-        failed |= result.error is not None
-        typer.echo(result.line(dry_run))
-    raise typer.Exit(rc.FAILED if failed else rc.OK)
+    from .plain import apply_command
+    raise typer.Exit(apply_command(paths, dry_run, prune, source, force_conflicts, recursive))
 
 
 @app.command("diff")
-def diff(paths: List[str] = PATHS) -> None:
-    """Show what `volt apply` would change, as a unified diff per VM.
+def diff(paths: List[str] = PATHS,
+         prune: bool = typer.Option(False, "--prune", help="Also show the VMs `apply --prune` would delete."),
+         source: Optional[str] = typer.Option(None, "--source", metavar="NAME", help="As for apply."),
+         recursive: bool = RECURSIVE) -> None:
+    """Show what `volt apply` would change, as a unified YAML diff per VM.
 
-    Exit status as kubectl diff: 0 no changes, 1 changes, >1 an error.
-    Example: volt diff examples/vms/ || echo "apply would change something"
+    Exit status as kubectl diff: 0 no changes, 1 changes, >1 an error (a spec that does not
+    validate, or a VM another source owns).
+    Example: volt diff --prune examples/vms/ || echo "apply would change something"
     """
     import difflib
     from ..runner import apply as ap
     from ..runner.home import VmDir
+    from ..runner.reconcile import apply_paths
     try:
         from ..schema import load_specs
-        specs, errors = load_specs(paths)
+        specs, errors = load_specs(paths, recursive=recursive)
     except Exception as e:  # noqa: BLE001
         err(str(e))
         raise typer.Exit(rc.DIFF_ERROR)
@@ -91,16 +106,40 @@ def diff(paths: List[str] = PATHS) -> None:
     if errors:
         raise typer.Exit(rc.DIFF_ERROR)
     home = home_dir()
-    changed = False
-    for spec in specs:
-        action, detail = ap.plan(spec, home)
-        if action == ap.UNCHANGED:
+    by_name = {s.name: s for s in specs}
+    changed = failed = False
+    for result in apply_paths(specs, paths, home, dry_run=True, prune=prune and "-" not in paths, source=source,
+                              recursive=recursive):
+        if result.error:
+            err(f"vm/{result.name}: {result.error}")
+            failed = True
+            continue
+        if result.action == ap.UNCHANGED:
             continue
         changed = True
-        old = (VmDir(home, spec.name).read_applied() or {}).get("document")
-        old_text = json.dumps(old, indent=2, sort_keys=True).splitlines(keepends=True) if old else []
-        new_text = json.dumps(spec.document, indent=2, sort_keys=True).splitlines(keepends=True)
-        typer.echo(f"# vm/{spec.name}: would be {action}" + (f" ({detail})" if detail else ""))
-        sys.stdout.writelines(difflib.unified_diff(old_text, new_text, f"vm/{spec.name} (applied)",
-                                                   f"vm/{spec.name} ({spec.source})"))
-    raise typer.Exit(rc.DIFF_CHANGES if changed else rc.OK)
+        spec = by_name.get(result.name)
+        old = (VmDir(home, result.name).read_applied() or {}).get("document")
+        typer.echo(f"# vm/{result.name}: would be {result.action}" + (f" ({result.detail})" if result.detail else ""))
+        new_text = yaml_lines(spec.document) if spec is not None and result.action != ap.DELETED else []
+        sys.stdout.writelines(difflib.unified_diff(yaml_lines(old) if old else [], new_text,
+                                                   f"vm/{result.name} (applied)",
+                                                   f"vm/{result.name} ({spec.source if spec else 'deleted'})"))
+    raise typer.Exit(rc.DIFF_ERROR if failed else rc.DIFF_CHANGES if changed else rc.OK)
+
+
+def yaml_lines(document: dict) -> list[str]:
+    """A document as block YAML lines, each ending in a newline (so a diff never says "no newline")."""
+    import io
+    from ruamel.yaml import YAML
+    yaml = YAML()
+    yaml.default_flow_style = False
+    out = io.StringIO()
+    yaml.dump(_sorted(document), out)
+    return out.getvalue().splitlines(keepends=True)
+
+
+def _sorted(value):
+    """Keys in order at every level: the applied record keeps them sorted, a file as written."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return [_sorted(v) for v in value] if isinstance(value, list) else value

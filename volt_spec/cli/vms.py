@@ -7,38 +7,32 @@ from typing import List, Optional
 import typer
 
 from .. import status_codes as rc
-from .common import OUTPUT, app, err, home_dir, load_or_exit, print_rows
+from .common import (OUTPUT, SELECTOR, app, complete_vm, duration_or_exit, err, home_dir, is_path, load_or_exit,
+                     one_of_or_exit, pick_vms)
 
 
 @app.command("status")
-def status(name: Optional[str] = typer.Argument(None, help="One VM; all when omitted."),
-           output: str = OUTPUT) -> None:
+def status(names: Optional[List[str]] = typer.Argument(None, help="VMs to show; all when omitted.",
+                                                      autocompletion=complete_vm),
+           selector: Optional[str] = SELECTOR, output: str = OUTPUT) -> None:
     """Show VMs: live state (checked now), size, uptime, how they booted, spec drift.
 
-    Example: volt status -o json | jq '.[] | select(.state == "failed")'
+    States: running, paused, busy (alive, its API slow: a snapshot?), stopped, failed,
+    completed (powered off by itself under restartPolicy OnFailure or Never). The table ends
+    with a line per running agent (volt agent status has the details).
+
+    Example: volt status -l team=web -o jsonpath='{.items[?(@.state=="failed")].name}'
     """
-    from ..runner.status import collect
-    if output not in ("table", "json", "yaml"):
-        err(f"-o must be table, json or yaml, not {output!r}")
-        raise typer.Exit(rc.USAGE)
-    rows = collect(home_dir(), name)
-    if name and not rows:
-        err(f"no VM named {name!r} (volt status lists them all)")
-        raise typer.Exit(rc.FAILED)
-    print_rows(rows, output)
-
-
-def is_path(target: str) -> bool:
-    """A command-line target is a spec path when it has a `/` or a .yaml/.yml suffix; anything else
-    is a VM name, even when a file of that name exists here (`volt delete readme`)."""
-    return "/" in target or target.endswith((".yaml", ".yml"))
+    from .plain import status_command
+    raise typer.Exit(status_command(names, selector, output))
 
 
 @app.command("delete")
 def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names, or spec paths (with a / or a "
-                                                                    ".yaml/.yml suffix)."),
+                                                                    ".yaml/.yml suffix).", autocompletion=complete_vm),
            files: Optional[List[str]] = typer.Option(None, "-f", "--filename",
                                                      help="A spec file or directory whose VMs to delete."),
+           selector: Optional[str] = SELECTOR,
            all_: bool = typer.Option(False, "--all", help="Delete every VM."),
            purge: bool = typer.Option(False, "--purge", help="Delete the VMs' snapshots too.")) -> None:
     """Delete VMs (stopping them first). Their snapshots stay unless --purge.
@@ -52,8 +46,10 @@ def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names, o
     names = [t for t in targets or [] if not is_path(t)]
     if all_:
         names = all_vm_names(home)
+    elif selector is not None:
+        names = pick_vms(names, selector, home)
     elif not names and not paths:
-        err("say which VMs: NAME..., -f PATH, or --all")
+        err("say which VMs: NAME..., -f PATH, -l SELECTOR, or --all")
         raise typer.Exit(rc.USAGE)
     for s in load_or_exit(paths) if paths and not all_ else []:   # kubectl delete -f: its VMs that exist
         if VmDir(home, s.name).exists():
@@ -69,47 +65,74 @@ def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names, o
 
 
 @app.command("stop")
-def stop(name: str = typer.Argument(..., help="The VM to stop."),
+def stop(names: Optional[List[str]] = typer.Argument(None, help="The VMs to stop.", autocompletion=complete_vm),
+         selector: Optional[str] = SELECTOR,
+         all_: bool = typer.Option(False, "--all", help="Stop every VM."),
          timeout: float = typer.Option(10.0, "--timeout", help="Seconds before a hard kill.")) -> None:
-    """Ask the guest to shut down (Ctrl-Alt-Del), kill it after --timeout.
+    """Ask the guests to shut down (Ctrl-Alt-Del), kill them after --timeout.
 
-    The spec is not changed: the next `volt apply` starts it again. To keep it
-    down, set `spec.running: false` and apply.
-    Example: volt stop hello
+    The specs are not changed: the next `volt apply` (or the agent's next sync) starts them
+    again. To keep one down, set `spec.running: false` and apply.
+    Example: volt stop hello   |   volt stop -l team=batch
     """
     from ..runner import vmctl
     from ..runner.home import VmDir
-    vm_dir = VmDir(home_dir(), name)
-    if not vm_dir.exists():
-        err(f"no VM named {name!r}")
-        raise typer.Exit(rc.FAILED)
-    with vm_dir.lock():
-        how = vmctl.stop(vm_dir, timeout)
-    typer.echo(f"vm/{name} stopped ({how})")
+    if not (names or selector or all_):
+        err("say which VMs: NAME..., -l SELECTOR, or --all")
+        raise typer.Exit(rc.USAGE)
+    home = home_dir()
+    failed = False
+    for name in pick_vms(names, selector, home):
+        vm_dir = VmDir(home, name)
+        if not vm_dir.exists():
+            err(f"no VM named {name!r}")
+            failed = True
+            continue
+        with vm_dir.lock():
+            how = vmctl.stop(vm_dir, timeout)
+        typer.echo(f"vm/{name} stopped ({how})")
+    raise typer.Exit(rc.FAILED if failed else rc.OK)
 
 
 @app.command("logs")
-def logs(name: str = typer.Argument(..., help="The VM whose serial console to show."),
-         follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new output."),
+def logs(names: Optional[List[str]] = typer.Argument(None, help="The VMs whose serial console to show.",
+                                                    autocompletion=complete_vm),
+         selector: Optional[str] = SELECTOR,
+         follow: bool = typer.Option(False, "-f", "--follow",
+                                     help="Keep printing new output until the VM's running instance ends."),
          tail: int = typer.Option(-1, "--tail", help="Only the last N lines (-1: all).")) -> None:
-    """Print a VM's serial console log (capped at 1 MiB per file, rotated once).
+    """Print VMs' serial console logs (capped at 1 MiB per file, rotated once).
 
-    Example: volt logs hello -f
+    With -f it exits (status 0) once the VM's running instance has ended and all it wrote is
+    printed, at once when the VM is not running. Several VMs (names or -l) are printed side
+    by side, each line starting with [vm/NAME].
+
+    Example: volt logs hello -f   |   volt logs -l team=web --tail 20
     """
     from ..runner.home import VmDir
-    from ..runner.logs import print_log
-    vm_dir = VmDir(home_dir(), name)
-    if not vm_dir.exists():
-        err(f"no VM named {name!r}")
+    from ..runner.logs import print_log, print_logs
+    if not (names or selector):
+        err("say which VMs: NAME... or -l SELECTOR")
+        raise typer.Exit(rc.USAGE)
+    home = home_dir()
+    vm_dirs = [VmDir(home, n) for n in pick_vms(names, selector, home)]
+    missing = [d.name for d in vm_dirs if not d.exists()]
+    for n in missing:
+        err(f"no VM named {n!r}")
+    if missing:
         raise typer.Exit(rc.FAILED)
-    print_log(vm_dir, follow, tail)
+    if len(vm_dirs) == 1 and names:
+        print_log(vm_dirs[0], follow, tail)
+    else:
+        print_logs(vm_dirs, follow, tail)
 
 
 @app.command("console")
 def console(name: str = typer.Argument(..., help="The VM to attach to.")) -> None:
     """Attach to a VM's serial console; detach with Ctrl-].
 
-    Example: volt console hello
+    Keys go to the guest as typed (Enter sends CR, as a serial terminal's does); on a terminal a
+    guest's bare LF is shown as CR LF, so its lines start at the left. Example: volt console hello
     """
     from ..runner.home import VmDir
     from ..runner.logs import attach_console
@@ -122,3 +145,36 @@ def console(name: str = typer.Argument(..., help="The VM to attach to.")) -> Non
     except OSError as e:
         err(f"cannot attach to vm/{name}: {e.strerror or e} (is it running? see volt status {name})")
         raise typer.Exit(rc.FAILED)
+
+
+@app.command("wait")
+def wait(names: Optional[List[str]] = typer.Argument(None, help="The VMs to wait for.", autocompletion=complete_vm),
+         selector: Optional[str] = SELECTOR,
+         condition: str = typer.Option(..., "--for", metavar="running|stopped|completed|snapshot",
+                                       help="running; stopped (or completed); completed (powered off by "
+                                            "itself under restartPolicy OnFailure/Never); snapshot (a new one "
+                                            "taken after the wait began)."),
+         timeout: str = typer.Option("30s", "--timeout", help="Give up after this long (30s, 5m, ...).")) -> None:
+    """Wait until VMs reach a condition; exit 0 when all do, 1 at the timeout (saying where each is).
+
+    Example: volt apply vm.yaml && volt wait hello --for=running --timeout 1m
+    """
+    from ..runner.home import VmDir
+    from ..runner.wait import CONDITIONS, wait as wait_for
+    one_of_or_exit("--for", condition, CONDITIONS)
+    timeout_s = duration_or_exit("--timeout", timeout)
+    if not (names or selector):
+        err("say which VMs: NAME... or -l SELECTOR")
+        raise typer.Exit(rc.USAGE)
+    home = home_dir()
+    chosen = pick_vms(names, selector, home)
+    missing = [n for n in chosen if not VmDir(home, n).exists()]
+    for n in missing:
+        err(f"no VM named {n!r}")
+    if missing or not chosen:
+        err("no VMs match" if not chosen else "nothing waited for")
+        raise typer.Exit(rc.FAILED)
+    late = wait_for(home, chosen, condition, timeout_s, report=lambda n: typer.echo(f"vm/{n} condition met ({condition})"))
+    for line in late:
+        err(f"timed out after {timeout} waiting for {condition}: {line}")
+    raise typer.Exit(rc.FAILED if late else rc.OK)

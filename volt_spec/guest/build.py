@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import shutil
-import subprocess
 import sys
-import tempfile
 
 SRC_DIR = pathlib.Path(__file__).resolve().parent / "src"
 ELF_NAME = "testguest.elf"
@@ -60,6 +57,8 @@ def source_digest() -> str:
 
 
 def _compile(out: pathlib.Path) -> None:
+    import shutil
+    import subprocess
     gcc = shutil.which("gcc")
     if gcc is None:
         raise GuestBuildError("gcc not found on PATH: install gcc and binutils (apt-get install gcc binutils)")
@@ -83,6 +82,8 @@ def build_guest(force: bool = False) -> pathlib.Path:
     elf = final_dir / ELF_NAME
     if elf.is_file() and not force:
         return elf
+    import shutil                      # here: the digest and a cached build need neither (volt apply)
+    import tempfile
     root.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=".guest-build-", dir=root))
     try:

@@ -32,9 +32,9 @@ SHUTDOWN_TIMEOUT_S = 30.0     # per VM: Ctrl-Alt-Del (after its stop trigger's s
 
 class Agent:
     def __init__(self, source: Source, home: Path, interval_s: float, log: EventLog,
-                 source_name: str | None = None) -> None:
+                 source_name: str | None = None, recursive: bool = False) -> None:
         self.source, self.home, self.interval_s, self.log = source, home, interval_s, log
-        self.source_name = source_name
+        self.source_name, self.recursive = source_name, recursive
         self.state = AgentState.for_source(home, source)
         self.wake = threading.Event()
         self.stopping = self.sync_requested = False
@@ -84,8 +84,8 @@ class Agent:
         self.specs = {s.name: s for s in specs}
         counts: dict[str, int] = {}
         failed = []
-        for result in apply_paths(specs, [str(self.source.path)], self.home, prune=True,
-                                  source=self.source_name, warn=self._warn, skip=self.held):
+        for result in apply_paths(specs, [str(self.source.path)], self.home, prune=True, source=self.source_name,
+                                  warn=self._warn, skip=self.held, recursive=self.recursive):
             self._report(result)
             counts[result.action] = counts.get(result.action, 0) + 1
             if result.error:
@@ -107,11 +107,18 @@ class Agent:
             return (git(root, "rev-parse", "HEAD") if root else None), f"pull failed: {e}"
 
     def _load(self):
+        """The source's specs; a directory without any is a source that declares no VMs (all its
+        VMs are pruned), a missing one an error (a checkout that is not there prunes nothing)."""
         from ..schema import load_specs
-        if not self.source.path.is_dir():
+        from ..schema.loader import SPEC_SUFFIXES
+        path = self.source.path
+        if not path.is_dir():
             from ..schema.errors import SpecError
-            return [], [SpecError(str(self.source.path), 0, 0, "no such directory (yet): nothing to apply")]
-        return load_specs([str(self.source.path)])
+            return [], [SpecError(str(path), 0, 0, "no such directory: nothing applied, nothing pruned")]
+        files = path.rglob("*") if self.recursive else path.iterdir()
+        if not any(p.name.endswith(SPEC_SUFFIXES) and p.is_file() for p in files):
+            return [], []
+        return load_specs([str(path)], recursive=self.recursive)
 
     def _failed(self, commit: str | None, error: str) -> float:
         self.failures += 1
@@ -171,7 +178,7 @@ class Agent:
 
     # -- shutdown ---------------------------------------------------------------------------
     def owned(self) -> list[str]:
-        scope = Resolver(self.source_name).scope(str(self.source.path))
+        scope = Resolver(self.source_name).scope(str(self.source.path), self.recursive)
         return [n for n in all_vm_names(self.home)
                 if scope.covers(Owner.from_record(VmDir(self.home, n).read_applied() or {}))]
 
@@ -179,6 +186,7 @@ class Agent:
         """Stop every VM this source owns, in parallel, each through its stop trigger."""
         from . import vmctl
         names = self.owned()
+        notify_systemd("STOPPING=1")
         self.log.event("stopping", vms=len(names))
 
         def stop(name: str) -> None:

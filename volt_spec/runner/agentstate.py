@@ -16,13 +16,7 @@ from typing import TextIO
 
 from .home import private_dir, read_json, write_json
 from .procs import is_alive, start_ticks
-
-
-def rfc3339(t: float | None) -> str | None:
-    """2026-12-03T13:04:05.123Z (UTC, milliseconds); None stays None."""
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+from .times import rfc3339
 
 
 class EventLog:

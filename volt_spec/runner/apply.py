@@ -13,13 +13,14 @@ import os
 import time
 from pathlib import Path
 
-from ..fsutil import os_error
+from ..fsutil import file_sha256, os_error
 from . import vmctl
 from .home import VmDir, all_vm_names, write_json
 from .observe import ALIVE, BUSY, COMPLETED, FAILED, observe
 
 CREATED, UNCHANGED, CONFIGURED, REPLACED, RESTORED, DELETED = (
     "created", "unchanged", "configured", "replaced", "restored", "deleted")
+PURGED = "snapshots purged"       # delete --purge of a VM deleted before: only its snapshots were left
 BUSY_WAIT_S = 60.0        # how long apply waits for a live VMM whose API is slow ($VOLT_BUSY_WAIT_S)
 
 
@@ -67,15 +68,6 @@ def root_words(disks: list[dict]) -> str:
     return ""
 
 
-def file_sha256(path: str) -> str | None:
-    import hashlib
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
-
-
 def applied_record(spec, vm: dict, owner, commit: str | None) -> dict:
     return {"name": spec.name, "source": spec.source, "owner": owner.to_dict(), "commit": commit,
             "source_sha256": file_sha256(spec.source),
@@ -111,15 +103,16 @@ def _released(old, new, spec, resolver) -> bool:
     return spec.name not in {s.name for s in specs}
 
 
-def plan(spec, home: Path) -> tuple[str, str]:
-    """(action, detail) that applying `spec` would take, without doing it."""
+def plan(spec, home: Path, obs: dict | None = None) -> tuple[str, str]:
+    """(action, detail) that applying `spec` would take, without doing it; `obs`: the VM as
+    observed a moment ago under its lock (wait_while_busy's), else it is observed now."""
     vm_dir = VmDir(home, spec.name)
     applied = vm_dir.read_applied()
     if applied is None:
         return CREATED, "" if spec.running else "stopped"
     if applied.get("machine_hash") != spec.machine_hash():
         return REPLACED, "machine changed: " + ", ".join(machine_changes(applied, spec))
-    obs = observe(vm_dir)
+    obs = obs if obs is not None else observe(vm_dir)
     if obs["state"] == COMPLETED and spec.running:          # ran to completion: left alone
         return (UNCHANGED, "") if applied.get("spec_hash") == spec.spec_hash() else (CONFIGURED, "")
     if spec.running and obs["state"] == FAILED:
@@ -137,16 +130,17 @@ def busy_wait_s() -> float:
     return float(os.environ.get("VOLT_BUSY_WAIT_S", BUSY_WAIT_S))
 
 
-def wait_while_busy(vm_dir: VmDir, spec, warn) -> str:
+def wait_while_busy(vm_dir: VmDir, spec, warn) -> tuple[str, dict | None]:
     """A live VMM whose API is slow is waited for (bounded, and said), not replaced: "" once it
-    answers, else the one-line reason apply gives up with. A change of machine does not wait:
-    that VM is replaced anyway."""
+    answers, else the one-line reason apply gives up with; and the VM as observed then (plan's,
+    one API call a VM fewer), None when not observed. A change of machine does not wait: that
+    VM is replaced anyway."""
     applied = vm_dir.read_applied()
     if applied is None or applied.get("machine_hash") != spec.machine_hash():
-        return ""
+        return "", None
     obs = observe(vm_dir)
     if obs["state"] != BUSY:
-        return ""
+        return "", obs
     limit = busy_wait_s()
     warn(f"vm/{spec.name} is busy ({obs['reason']}); waiting up to {limit:g} s")
     deadline = time.monotonic() + limit
@@ -155,9 +149,9 @@ def wait_while_busy(vm_dir: VmDir, spec, warn) -> str:
         if obs["state"] == BUSY:
             time.sleep(0.05)          # connection refused returns at once: do not spin
     if obs["state"] != BUSY:
-        return ""
+        return "", obs
     return (f"its VMM (pid {obs['pid']}) is alive but its API has not answered for {limit:g} s; not replacing a live "
-            f"VM because it is slow (volt status {spec.name}; volt restore or volt delete to replace it)")
+            f"VM because it is slow (volt status {spec.name}; volt restore or volt delete to replace it)"), obs
 
 
 def machine_changes(applied: dict, spec) -> list[str]:
@@ -191,13 +185,16 @@ def apply_one(spec, home: Path, resolver=None, force_conflicts: bool = False, wa
         clash = "" if force_conflicts else conflict(spec, old, owner, resolver)
         if clash:
             return Result(spec.name, UNCHANGED, error=clash)
-        busy = wait_while_busy(vm_dir, spec, warn)
+        busy, obs = wait_while_busy(vm_dir, spec, warn)
         if busy:
             return Result(spec.name, UNCHANGED, error=busy)
-        action, detail = plan(spec, home)
+        action, detail = plan(spec, home, obs)
         if action == UNCHANGED:
             _refresh(vm_dir, old, spec, owner, commit)
             return Result(spec.name, UNCHANGED)
+        refused = restore_refusal(vm_dir, spec, action, detail)
+        if refused:
+            return Result(spec.name, action, error=refused)
         vm = resolve(spec)
         try:
             action, detail = _change(vm_dir, spec, vm, action, detail, applied_record(spec, vm, owner, commit), warn)
@@ -245,6 +242,21 @@ def _rollback_quietly(vm_dir: VmDir, old: dict | None) -> str:
         return f"; putting back the previous state failed too ({e})"
 
 
+def restore_refusal(vm_dir: VmDir, spec, action: str, detail: str) -> str:
+    """Why a start that `restore: ID` (fallback error, the default for an id) asks for must not
+    happen: the snapshot is missing or unusable. "" when it may (or nothing starts)."""
+    starts = spec.running and (action in (CREATED, REPLACED) or (action == CONFIGURED and detail == "started"))
+    if not starts or spec.snapshots.get("fallback", "boot") != "error":
+        return ""
+    from .snapshots import pick_restore
+    snap, why_not = pick_restore(vm_dir, spec)
+    if snap is not None:
+        return ""
+    return (f"spec.snapshots.restore names {spec.snapshots['restore']}, which cannot be restored "
+            f"({why_not or 'no such snapshot'}; volt snapshots list {spec.name}); nothing was changed "
+            f"(restore: {{id: {spec.snapshots['restore']}, fallback: boot}} boots fresh instead)")
+
+
 def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tuple[str, str]:
     """Restore the snapshot the spec asks for when there is a usable one, else cold boot."""
     from .snapshots import pick_restore
@@ -254,6 +266,9 @@ def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tup
             vmctl.start(vm_dir, vm, restore_from=snap, clock=spec.snapshots.get("clock", "continue"))
             return RESTORED, f"from {snap.name}"
         except vmctl.VmStartError as e:
+            if spec.snapshots.get("fallback", "boot") == "error":
+                raise vmctl.VmStartError(f"the restore of {snap.name} that spec.snapshots.restore names "
+                                         f"was refused: {e}") from None
             why_not = f"restore of {snap.name} refused: {e}"
     if why_not:
         warn(f"vm/{spec.name}: {why_not}; cold boot instead")
@@ -292,16 +307,20 @@ def _rollback(vm_dir: VmDir, old: dict | None) -> str:
 
 
 def delete(name: str, home: Path, purge: bool = False) -> Result:
+    """Stop and remove a VM; with `purge` its snapshots too, also when the VM was deleted before
+    (snapshots outlive their VM)."""
+    from .snapshots import catalogue
     vm_dir = VmDir(home, name)
     t0 = time.monotonic()
     with vm_dir.lock():
         if not vm_dir.exists():
+            if purge and catalogue(home).purge(name):
+                return Result(name, PURGED, "the VM was already deleted", time.monotonic() - t0)
             return Result(name, DELETED, error="no such VM")
         vmctl.stop(vm_dir, timeout=5.0)
         vm_dir.remove()
         if purge:
-            import shutil
-            shutil.rmtree(vm_dir.snapshots, ignore_errors=True)
+            catalogue(home).purge(name)
     return Result(name, DELETED, "snapshots purged" if purge else "", time.monotonic() - t0)
 
 

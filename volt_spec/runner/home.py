@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,6 +96,7 @@ class VmDir:
         return read_json(self.exit_record)
 
     def remove(self) -> None:
+        import shutil                  # here: `volt status` and an unchanged apply remove nothing
         shutil.rmtree(self.path, ignore_errors=True)
 
     @contextmanager

@@ -38,6 +38,7 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         from ..api.client import ApiClient, ApiError, ApiUnavailable
         out["pid"] = pid
         out["uptime_s"] = round(time.time() - inst.get("started_at", time.time()), 1)
+        out["started_at"] = inst.get("started_at")
         try:
             vm = ApiClient(str(vm_dir.api_sock), timeout=api_timeout).get("/vm")
         except (ApiUnavailable, ApiError) as e:

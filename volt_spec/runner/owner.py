@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 _SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>[^/].*)$")   # git@host:org/repo.git
@@ -86,6 +85,7 @@ def repo_root(path: Path) -> Path | None:
 
 def git(root: Path, *args: str, timeout: float = 10.0) -> str | None:
     """`git -C root ARGS` stdout stripped, None when git fails or is missing."""
+    import subprocess          # here: `volt status` reads owners, never runs git (~5 ms an import)
     try:
         r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL)
@@ -119,6 +119,8 @@ class Resolver:
         return self._repos[root][1] if root is not None else None
 
     def owner(self, file: str) -> Owner:
+        if os.path.basename(file) == "<stdin>":        # schema.loader.STDIN_NAME: no file, no repository
+            return Owner(self.source_name, "<stdin>")
         path = Path(os.path.abspath(file))
         root, source = self.repo(path)
         if self.source_name:
@@ -128,7 +130,7 @@ class Resolver:
             return Owner(source, str(path.relative_to(root)))
         return Owner(None, str(path))
 
-    def scope(self, applied_path: str) -> "Scope":
+    def scope(self, applied_path: str, recursive: bool = False) -> "Scope":
         """What `--prune` may delete for one applied path: VMs owned under it, by the same source."""
         path = Path(os.path.abspath(applied_path))
         root, source = self.repo(path)
@@ -136,19 +138,20 @@ class Resolver:
             return Scope(self.source_name, None)
         if source and root is not None:
             rel = str(path.relative_to(root))
-            return Scope(source, "" if rel == "." else rel, exact=path.is_file())
-        return Scope(None, str(path), exact=path.is_file())
+            return Scope(source, "" if rel == "." else rel, exact=path.is_file(), recursive=recursive)
+        return Scope(None, str(path), exact=path.is_file(), recursive=recursive)
 
 
 class Scope:
     """The owners one applied path covers: the same source, and a file equal to `prefix` (a file
-    was applied) or directly inside it (a directory: its *.yaml are read, not its subdirectories;
-    "" is the repository's root); prefix None: all the source owns (`--source NAME`)."""
+    was applied) or directly inside it (a directory: its *.yaml are read, not its subdirectories,
+    unless `recursive`; "" is the repository's root); prefix None: all the source owns
+    (`--source NAME`)."""
 
-    __slots__ = ("source", "prefix", "exact")
+    __slots__ = ("source", "prefix", "exact", "recursive")
 
-    def __init__(self, source: str | None, prefix: str | None, exact: bool = False) -> None:
-        self.source, self.prefix, self.exact = source, prefix, exact
+    def __init__(self, source: str | None, prefix: str | None, exact: bool = False, recursive: bool = False) -> None:
+        self.source, self.prefix, self.exact, self.recursive = source, prefix, exact, recursive
 
     def covers(self, owner: Owner) -> bool:
         if owner.source != self.source:
@@ -157,4 +160,6 @@ class Scope:
             return True
         if self.exact:
             return owner.file == self.prefix
+        if self.recursive:
+            return not self.prefix or owner.file.startswith(self.prefix.rstrip("/") + "/")
         return os.path.dirname(owner.file) == self.prefix

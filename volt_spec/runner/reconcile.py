@@ -9,23 +9,34 @@ from pathlib import Path
 from . import apply as ap
 from .owner import Resolver
 
+PARALLEL = 8            # VMs applied at once (each start mostly waits on its VMM)
+
 
 def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prune: bool = False,
                 source: str | None = None, force_conflicts: bool = False, warn=ap._stderr,
-                skip=None) -> Iterator[ap.Result]:
+                skip=None, recursive: bool = False) -> Iterator[ap.Result]:
     """A Result per VM, in the specs' order, then one per pruned VM. `skip(spec)` -> a Result
     leaves that VM alone this pass (the agent's restart back-off)."""
     resolver = Resolver(source)
-    for spec in specs:
+    for spec in specs:                        # read every repository's origin and commit once,
+        resolver.owner(spec.source)           # before the threads share the resolver
+        resolver.commit(Path(spec.source))
+
+    def one(spec) -> ap.Result:
         held = skip(spec) if skip else None
         if held is not None:
-            yield held
-        elif dry_run:
-            yield _dry_run(spec, home, resolver, force_conflicts)
-        else:
-            yield ap.apply_one(spec, home, resolver, force_conflicts, warn)
+            return held
+        if dry_run:
+            return _dry_run(spec, home, resolver, force_conflicts)
+        return ap.apply_one(spec, home, resolver, force_conflicts, warn)
+    if len(specs) > 1 and not dry_run:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(specs)), thread_name_prefix="apply") as pool:
+            yield from pool.map(one, specs)   # VMs start side by side; results in the specs' order
+    else:
+        yield from map(one, specs)
     if prune:
-        for name in ap.prunable(specs, home, [resolver.scope(p) for p in paths]):
+        for name in ap.prunable(specs, home, [resolver.scope(p, recursive) for p in paths if p != "-"]):
             yield ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
 
 
@@ -36,4 +47,7 @@ def _dry_run(spec, home: Path, resolver: Resolver, force_conflicts: bool) -> ap.
     if clash:
         return ap.Result(spec.name, ap.UNCHANGED, error=clash)
     action, detail = ap.plan(spec, home)
+    refused = ap.restore_refusal(VmDir(home, spec.name), spec, action, detail)
+    if refused:
+        return ap.Result(spec.name, action, error=refused)
     return ap.Result(spec.name, action, detail if action != ap.RESTORED else "")

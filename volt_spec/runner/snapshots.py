@@ -23,10 +23,10 @@ def catalogue(home: Path):
 def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
     """One catalogue row; `valid` checks the state CRC and the memory file's name, type and size
     (and with deep=True its checksum, recording its fingerprint when it matches)."""
-    from ..snapshot.catalogue import check_memory_file, read
+    from ..snapshot.catalogue import check_memory_file, expires, read
     from ..snapshot.store import disk_usage
     snap = read(path, vm)
-    row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None,
+    row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None, "expire": False,
            "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": snap.reason,
            "machine_hash": None}
     try:
@@ -34,7 +34,7 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
         if snap.state is None:
             return row
         meta = snap.meta
-        row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"),
+        row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"), expire=expires(snap),
                    logical_bytes=snap.state.get("memory", {}).get("size", 0), paused_ms=meta.get("paused_ms"),
                    machine_hash=meta.get("machine_hash"))
         mem = check_memory_file(snap)
@@ -71,8 +71,11 @@ def find(home: Path, snap_id: str) -> Path | None:
     return catalogue(home).find(snap_id)
 
 
-def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dict:
-    """Snapshot a running VM through its API; the result names the id, size and pause."""
+def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual", expire: bool = False) -> dict:
+    """Snapshot a running VM through its API; the result names the id, size and pause.
+
+    A manual snapshot is kept until it is deleted; with `expire` it is subject to the VM's
+    `retain` rules like a policy snapshot, and the VMM applies them as soon as it is taken."""
     from ..api.client import ApiClient, ApiError, ApiUnavailable
     from .vmctl import SNAPSHOT_TIMEOUT_S
     applied = vm_dir.read_applied() or {}
@@ -83,6 +86,8 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual") -> dic
         raise SnapshotCommandError(f"snapshot {snap_id} already exists for vm/{vm_dir.name}")
     meta = {"id": snap_id, "vm": vm_dir.name, "trigger": trigger,
             "machine_hash": applied.get("machine_hash"), "spec": applied.get("document")}
+    if expire:
+        meta["expire"] = True
     try:
         return ApiClient(str(vm_dir.api_sock), timeout=SNAPSHOT_TIMEOUT_S).put(
             "/snapshot/create", {"snapshot_path": str(dest), "meta": meta}) or {}
@@ -137,3 +142,10 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
 
 def delete(path: Path) -> None:
     remove(str(path))
+
+
+def delete_all(home: Path, vm: str) -> list[str]:
+    """Delete every snapshot of VM `vm` (which may itself be deleted already): their ids."""
+    vm_dir = VmDir(home, vm)                # the name is checked before any path is made of it
+    with vm_dir.lock():                     # not while `volt snapshot` writes one
+        return catalogue(home).delete_all(vm)

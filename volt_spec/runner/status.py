@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from .home import VmDir, all_vm_names
 from .observe import ALIVE, observe
 from .owner import Owner
+from .times import rfc3339
 
 
 def _age(seconds: float | None) -> str:
@@ -25,16 +27,20 @@ def _age(seconds: float | None) -> str:
 
 
 def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
-    """in-sync / drifted per VM: does the spec file it came from still say what was applied?
+    """in-sync / drifted / unknown (applied from stdin) per VM: does the spec file it came from
+    still say what was applied?
 
     A file whose bytes are those applied is in sync without parsing it (YAML and the
     schema cost ~150 ms); only a changed file is loaded to see which of its VMs drifted."""
-    from .apply import file_sha256
+    from ..fsutil import file_sha256
     by_source: dict[str, list[tuple[str, dict]]] = {}
     for name, rec in records:
         by_source.setdefault(rec.get("source", ""), []).append((name, rec))
     out = {}
     for source, items in by_source.items():
+        if source.endswith("/<stdin>"):              # applied from standard input: no file to compare
+            out.update((name, "unknown") for name, _ in items)
+            continue
         digest = file_sha256(source) if source else None
         if digest is not None and all(rec.get("source_sha256") == digest for _, rec in items):
             out.update((name, "in-sync") for name, _ in items)
@@ -54,12 +60,18 @@ def _drift(records: list[tuple[str, dict]]) -> dict[str, str]:
 
 def last_snapshot(vm_dir: VmDir) -> dict | None:
     """The newest snapshot of a VM: {id, created, trigger} (read from its state.json)."""
+    try:                                  # none taken (the jail makes the folder): no catalogue import
+        with os.scandir(vm_dir.snapshots) as entries:
+            if next(entries, None) is None:
+                return None
+    except (FileNotFoundError, NotADirectoryError, PermissionError):     # as the catalogue: none
+        return None
     from ..snapshot.catalogue import newest
     snap = newest(vm_dir.snapshots, vm_dir.name)
     if snap is None:
         return None
     created = snap.created or None
-    return {"id": snap.id, "created": created, "trigger": snap.meta.get("trigger", "manual"),
+    return {"id": snap.id, "created": rfc3339(created), "trigger": snap.meta.get("trigger", "manual"),
             "age_s": round(time.time() - created, 1) if created else None}
 
 
@@ -74,8 +86,9 @@ def _restarts(vm_dir: VmDir, obs: dict, rec: dict) -> dict | None:
     return {"restarts": b.restarts, "next_at": b.next_at, "describe": b.describe()}
 
 
-def collect(home: Path, only: str | None = None) -> list[dict]:
-    names = [only] if only else all_vm_names(home)
+def collect(home: Path, names: list[str] | None = None) -> list[dict]:
+    """A row per VM (`names`, else all): what `volt status` prints and `-o json` gives scripts."""
+    names = names if names is not None else all_vm_names(home)
     records = []
     for name in names:
         rec = VmDir(home, name).read_applied()
@@ -101,6 +114,7 @@ def collect(home: Path, only: str | None = None) -> list[dict]:
             "vcpus": vm.get("vcpus"),
             "memory_mib": vm.get("memory_mib"),
             "uptime_s": obs["uptime_s"],
+            "started_at": rfc3339(obs["started_at"]) if obs.get("started_at") else None,
             "pid": obs["pid"],
             "booted_from": obs["booted_from"] or "-",
             "last_snapshot": last_snapshot(vm_dir),
@@ -124,14 +138,23 @@ def _snap_cell(snap: dict | None) -> str:
     return f"{_age(snap['age_s'])} ago ({snap['trigger']})"
 
 
-def table(rows: list[dict]) -> str:
-    from tabulate import tabulate
+def table(rows: list[dict], wide: bool = False) -> str:
+    """The status table; `wide` adds labels, restart policy and count, the owner and its commit."""
+    from .plaintable import table as plain_table      # tabulate's plain format; tabulate only if needed
     if not rows:
         return "no VMs (volt apply SPEC creates one)"
-    body = [[r["name"], r["state"], r["vcpus"], f"{r['memory_mib']}Mi", _age(r["uptime_s"]),
-             r["pid"] or "-", r["booted_from"], _snap_cell(r["last_snapshot"]),
-             "in " + _age(r["next_snapshot_in_s"]) if r["next_snapshot_in_s"] is not None else "-",
-             "in sync" if r["spec"] == "in-sync" else "drifted", r["reason"] or ""]
-            for r in rows]
-    return tabulate(body, headers=["NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED",
-                                   "LAST-SNAPSHOT", "NEXT-SNAPSHOT", "SPEC", "REASON"], tablefmt="plain")
+    headers = ["NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "PID", "BOOTED", "LAST-SNAPSHOT", "NEXT-SNAPSHOT",
+               "SPEC", "REASON"]
+    if wide:
+        headers[-1:-1] = ["LABELS", "RESTART", "RESTARTS", "OWNER", "COMMIT"]
+    body = []
+    for r in rows:
+        row = [r["name"], r["state"], r["vcpus"], f"{r['memory_mib']}Mi", _age(r["uptime_s"]),
+               r["pid"] or "-", r["booted_from"], _snap_cell(r["last_snapshot"]),
+               "in " + _age(r["next_snapshot_in_s"]) if r["next_snapshot_in_s"] is not None else "-",
+               r["spec"], r["reason"] or ""]
+        if wide:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-"
+            row[-1:-1] = [labels, r["restart_policy"], r["restarts"], r["owner"], (r["commit"] or "-")[:12]]
+        body.append(row)
+    return plain_table(body, headers)

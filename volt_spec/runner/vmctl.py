@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .home import VmDir, private_dir, write_json
@@ -43,10 +44,13 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     Python VMM needs; a uid of its own; limits from spec.resources (apply.resolve's defaults)."""
     from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
     from .home import all_vm_names
+    from .home import read_json
     taken = set()
-    for other in all_vm_names(vm_dir.home):
-        if other != vm_dir.name:
-            taken.add(((VmDir(vm_dir.home, other).read_instance() or {}).get("jail") or {}).get("uid"))
+    for other in all_vm_names(vm_dir.home):       # what others run as, and what they were given to
+        if other != vm_dir.name:                  # start as (jail.json: a start under way)
+            o = VmDir(vm_dir.home, other)
+            taken.add(((o.read_instance() or {}).get("jail") or {}).get("uid"))
+            taken.add((read_json(o.jail_file) or {}).get("uid"))
     uid = jail_uid(vm_dir.name, taken)
     disks = vm.get("disks", [])
     files = [vm["kernel"], *([vm["initrd"]] if vm.get("initrd") else [])]
@@ -60,6 +64,19 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
                       ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
                       limits=limits)
+
+
+@contextmanager
+def host_lock(home: Path, name: str):
+    """A host-wide flock(2) for what VMs share (held briefly)."""
+    import fcntl
+    path = private_dir(home / "locks") / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_from: Path | None = None,
@@ -80,7 +97,8 @@ def start(vm_dir: VmDir, vm: dict, timeout: float = START_TIMEOUT_S, restore_fro
     args = ["--config", str(vm_dir.vm_config)]
     jail = []
     if jailed():
-        jail_config(vm, vm_dir, restore_from).dump(str(vm_dir.jail_file))
+        with host_lock(vm_dir.home, "jail-uids"):     # parallel applies: one uid per VM
+            jail_config(vm, vm_dir, restore_from).dump(str(vm_dir.jail_file))
         jail = ["--jail", str(vm_dir.jail_file), *(f"--tap={nic['tap']}" for nic in vm.get("network", []))]
         args.append("--seccomp")
     cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(vm_dir.path), generation, *jail, "--",

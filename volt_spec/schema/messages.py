@@ -7,14 +7,16 @@ and a schema may carry an ``errorMessage`` (the yaml-language-server convention)
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
-from typing import Any
 
 from .errors import SpecError
 from .source import Document, Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                  # annotations only: typing costs ~2 ms a command
+    from typing import Any
 
 TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number",
               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
@@ -70,6 +72,7 @@ def _where(path: Path) -> str:
 
 
 def _allowed_hint(key: str, allowed: list[str]) -> str:
+    import difflib                     # here: only a spec with an unknown field needs it
     close = difflib.get_close_matches(key, allowed, n=1)
     if close:
         return f' (did you mean "{close[0]}"?)'

@@ -10,12 +10,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ..layout import MiB
 from ..jail.config import default_memory_limit
 from .files import BUILTIN_TESTGUEST, resolve
 from .sizes import memory_bytes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                  # annotations only: typing costs ~2 ms a command
+    from typing import Any
 
 DEFAULT_MEMORY = "128Mi"
 DEFAULT_READY_MARKER = "VOLT-READY"     # guest/protocol.py READY_RE: the test guest's ready line
@@ -29,7 +32,7 @@ def canonical_json(value: Any) -> bytes:
                       default=str).encode()
 
 
-_content_cache: dict[tuple[str, int, int], str] = {}
+_content_cache: dict[tuple, str] = {}
 
 
 def content_hash(path: str | None) -> str | None:
@@ -40,8 +43,7 @@ def content_hash(path: str | None) -> str | None:
     if path is None:
         return None
     if path == BUILTIN_TESTGUEST:
-        from ..guest.build import source_digest
-        return f"testguest-src:{source_digest()}"
+        return f"testguest-src:{_testguest_digest()}"
     try:
         st = os.stat(path)
     except OSError:
@@ -53,6 +55,17 @@ def content_hash(path: str | None) -> str | None:
             while chunk := f.read(_HASH_CHUNK):
                 h.update(chunk)
         _content_cache[key] = h.hexdigest()
+    return _content_cache[key]
+
+
+def _testguest_digest() -> str:
+    """The test guest's source digest, hashed again only when a source file's name, size or mtime
+    changed (~130 KiB, and apply asks several times a VM)."""
+    from ..guest import build
+    key = ("builtin", *sorted((e.name, st.st_size, st.st_mtime_ns) for e in os.scandir(build.SRC_DIR)
+                              if e.name.endswith(build.SOURCE_SUFFIXES) for st in (e.stat(),)))
+    if key not in _content_cache:
+        _content_cache[key] = build.source_digest()
     return _content_cache[key]
 
 
@@ -107,7 +120,12 @@ def _snapshots(raw: dict) -> dict:
     retain = dict(raw.get("retain", {}))
     retain.setdefault("count", DEFAULT_RETAIN_COUNT)
     retain.setdefault("maxAge", None)
-    return {"restore": raw.get("restore", "latest"), "clock": raw.get("clock", "continue"),
+    restore = raw.get("restore", "latest")
+    if isinstance(restore, dict):            # {id: X, fallback: boot|error}
+        restore, fallback = restore["id"], restore.get("fallback", "error")
+    else:                                    # latest/never boot when there is nothing; an id does not
+        fallback = "boot" if restore in ("latest", "never") else "error"
+    return {"restore": restore, "fallback": fallback, "clock": raw.get("clock", "continue"),
             "triggers": triggers, "retain": retain}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from ..layout import CMDLINE_MAX, MiB
 from .errors import SpecError
@@ -18,6 +17,10 @@ from .host import HostLimits
 from .messages import describe, dotted, quote
 from .sizes import memory_bytes, memory_problem
 from .source import Document, Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                  # annotations only: typing costs ~2 ms a command
+    from typing import Any
 
 SECTOR_SIZE = 512          # disk images are whole 512-byte sectors (virtio-blk)
 _SIZE_STRING = re.compile(r"^[0-9]+(Ki|Mi|Gi)$")

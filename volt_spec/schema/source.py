@@ -8,12 +8,14 @@ round-trip objects (``.lc``).
 
 from __future__ import annotations
 
-import datetime
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import SpecError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:                  # annotations only: typing costs ~2 ms a command
+    from typing import Any
 
 MAX_NODES = 100_000          # alias bombs ("billion laughs") expand past this: refuse them
 Path = tuple[str | int, ...]
@@ -105,6 +107,7 @@ def _scalar(v: Any) -> Any:
         return float(v)
     if isinstance(v, str):
         return str(v)
+    import datetime                     # here: only a timestamp or an odd scalar gets this far
     if isinstance(v, (datetime.date, datetime.datetime)):
         return v.isoformat()
     if isinstance(v, bytes):

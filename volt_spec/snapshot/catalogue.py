@@ -8,17 +8,23 @@ is a VM name (in root) or a snapshot id (in a VM's folder) is looked at: hidden 
 `.deleting-` directories, stray files and anything a name check refuses are skipped, and a name
 from a user is checked (names.py) before it is joined to a path. Files are opened only when
 regular and never block (fsutil.open_regular): a FIFO planted as state.json is reported, not
-waited on.
+waited on. Deleting never follows a symlink out of a VM's folder (`delete_all`, `purge`).
+
+Retention governs policy snapshots (trigger ready, interval, console, stop) and manual ones taken
+with `--expire` (meta `expire: true`); any other manual snapshot is kept until it is deleted, and
+neither counts against `retain.count` nor ages out by `retain.maxAge` (`expires`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..names import SNAPSHOT_ID, VM_NAME, snapshot_id, vm_name
 from .format import SnapshotError, memory_path, read_state
+from .store import remove
 
 
 @dataclass
@@ -94,12 +100,19 @@ def newest(folder: Path, vm: str) -> Snapshot | None:
     return max(snaps, key=lambda s: (s.created, s.id), default=None)
 
 
+def expires(snap: Snapshot) -> bool:
+    """Does retention govern this snapshot? One a policy trigger took, or a manual one taken with
+    `volt snapshot --expire`; not a manual one (trigger "manual", or none recorded)."""
+    return snap.meta.get("trigger", "manual") != "manual" or snap.meta.get("expire") is True
+
+
 def retention_victims(folder: Path, vm: str, count: int | None, max_age_s: float | None,
                       keep: set[str], now: float) -> list[Path]:
-    """What the retain rules delete, oldest first: beyond the newest `count`, older than
-    `max_age_s`. Never the newest, never those in `keep` (the one the VM runs from), never one
-    whose state is unsound (`volt snapshots verify` reports it; retention does not judge it)."""
-    snaps = sorted((s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None),
+    """What the retain rules delete, oldest first, among the snapshots they govern (`expires`):
+    beyond the newest `count`, older than `max_age_s`. Never the newest of those, never those in
+    `keep` (the one the VM runs from), never one whose state is unsound (`volt snapshots verify`
+    reports it; retention does not judge it), never a manual one (kept until deleted)."""
+    snaps = sorted((s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None and expires(s)),
                    key=lambda s: (s.created, s.id))
     if not snaps or (count is None and max_age_s is None):
         return []
@@ -144,3 +157,33 @@ class Catalogue:
             if candidate.is_dir() and not candidate.is_symlink():
                 return candidate
         return None
+
+    def delete_all(self, vm: str) -> list[str]:
+        """Delete every snapshot of `vm`, listed or not (one whose state is unsound too), whether the
+        VM still exists or not; returns their ids. A folder that is a symlink holds none of ours;
+        a symlink in the folder is not a snapshot; a hidden unfinished one is left to its writer."""
+        folder = self.folder(vm)
+        if folder.is_symlink():
+            return []
+        deleted = []
+        for path in snapshot_dirs(folder):
+            try:
+                remove(str(path))           # a rename, then rmtree: neither follows a symlink
+            except FileNotFoundError:       # deleted meanwhile
+                continue
+            deleted.append(path.name)
+        return deleted
+
+    def purge(self, vm: str) -> bool:
+        """Remove `vm`'s folder and all in it (its snapshots first, so they stop being listed at
+        once); False when there was none. Nothing outside is touched: a folder that is a symlink
+        is unlinked, not its target, and rmtree unlinks symlinks inside it without following them."""
+        folder = self.folder(vm)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            folder.unlink()
+            return True
+        if not folder.exists():
+            return False
+        self.delete_all(vm)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True

@@ -95,7 +95,10 @@ class VmmApi:
         raise ApiError(400, f"unknown action_type {action_type!r} (supported: SendCtrlAltDel)")
 
     def snapshot_create(self, body: dict) -> dict | None:
-        """Pause, save, resume (unless resume_vm is false); answer once it is complete on disk."""
+        """Pause, save, resume (unless resume_vm is false); answer once it is complete on disk.
+
+        A snapshot whose meta says `expire: true` (volt snapshot --expire) is governed by the
+        policy's retain rules like a policy snapshot: they are applied before the answer."""
         from ..snapshot.format import SnapshotError
         from . import persist
         resume = body.get("resume_vm", True)
@@ -110,6 +113,8 @@ class VmmApi:
             raise ApiError(400, str(e)) from None
         except OSError as e:
             raise ApiError(500, f"writing the snapshot failed: {e.strerror or e}") from None
+        if meta.get("expire") is True and self.machine.policy is not None:
+            self.machine.policy.apply_retention()
         return result
 
     def snapshot_load(self, body: dict) -> dict | None:

@@ -5,9 +5,11 @@ Triggers (a PolicyConfig's, mapped from spec.snapshots by runner/vmconfig.py):
   interval  every `every_s` seconds, counted from when the VMM started
   console   whenever a console line matches the regex `match`
   stop      before the guest is asked to stop (volt stop / volt delete / SIGTERM)
-Retention (`retain`) runs after every successful snapshot: oldest first,
-keep at most `count`, none older than `max_age_s`, but never the newest and never the one
-this VM was restored from. A failing trigger logs one line on stderr, keeps the VM
+Retention (`retain`) runs after every successful policy snapshot (and a manual one taken with
+`volt snapshot --expire`): oldest first, keep at most `count`, none older than `max_age_s`, but
+never the newest and never the one this VM was restored from. It governs only policy snapshots
+and `--expire` ones: a manual snapshot is kept until deleted and does not count
+(snapshot/catalogue.py `expires`). A failing trigger logs one line on stderr, keeps the VM
 running, leaves older snapshots alone, and is reported by GET /vm (`volt status`).
 
 Console lines reach `on_console` from a vCPU thread with the device lock held, so it
