@@ -81,3 +81,28 @@ def test_the_unit_install_writes_verifies(cli, tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", str(units / "volt-agent.service")], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "volt-agent.service" not in r.stderr, r.stderr
+
+
+def test_a_failed_pull_is_reported_and_what_the_checkout_holds_is_still_applied(cli, tmp_path):
+    from .gitrepo import clone, commit_all, git, upstream
+    from .voltcli import spec_text, write
+    up = upstream(tmp_path / "up.git")
+    work = clone(up, tmp_path / "work")
+    write(work / "idle.yaml", spec_text("idle", running=False))
+    commit_all(work, "one VM")
+    checkout = clone(up, tmp_path / "checkout")
+    agent = AgentProc(cli, str(checkout), "--interval", "1h")
+    try:
+        first = agent.synced()
+        assert first["event"] == "synced" and first.get("created") == 1, agent.events
+        up.rename(tmp_path / "away.git")              # the remote is unreachable; its URL is the same
+        agent.proc.send_signal(signal.SIGHUP)
+        failed = agent.wait_event(lambda e: e["event"] == "pull-failed", "a failed pull")
+        assert "up.git" in failed["error"] and failed["note"] == "reconciling what the checkout holds"
+        after = agent.synced(after=agent.events.index(failed))
+        assert after["event"] == "synced" and after.get("unchanged") == 1, agent.events
+        row = json.loads(cli("agent", "status", "-o", "json").stdout)[0]
+        assert row["last_error"].startswith("pull failed: ") and row["commit"] == git(work, "rev-parse", "HEAD")
+    finally:
+        assert agent.stop() == 0
+    assert cli.state("idle")["state"] == "stopped"

@@ -16,7 +16,7 @@ GIT_TIMEOUT_S = 120.0
 
 
 class SourceError(RuntimeError):
-    """A pull or clone failed: the one-line reason (git's last line)."""
+    """A pull or clone failed: the one-line reason (git's first fatal: or error: line)."""
 
 
 def is_remote(target: str) -> bool:
@@ -77,4 +77,5 @@ def _run(cmd: list[str]) -> None:
         raise SourceError(f"{' '.join(cmd[:3])} did not finish within {GIT_TIMEOUT_S:g} s") from None
     if r.returncode != 0:
         lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
-        raise SourceError(lines[-1] if lines else f"{' '.join(cmd[:3])} exited with status {r.returncode}")
+        fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]     # git's own reason, not its advice
+        raise SourceError((fatal or lines or [f"{' '.join(cmd[:3])} exited with status {r.returncode}"])[0])
