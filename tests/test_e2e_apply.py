@@ -184,3 +184,15 @@ def test_restore_of_a_missing_snapshot_with_fallback_boot_warns_and_boots(volt, 
     assert r.stdout.startswith("vm/fb created"), r.stdout
     assert "warning: vm/fb: snapshot golden-1 not found; cold boot instead" in r.stderr
     volt.wait_log("fb", "tick 1 ")
+
+
+def test_a_guest_that_powers_off_during_its_start_was_created_and_completed(volt, tmp_path):
+    """However the race between the guest's power-off and the API's first answer goes (the slow
+    lane loses it), a run to completion is a start that worked, not a failed one rolled back."""
+    spec = write(tmp_path / "quick.yaml", spec_text("quick", cmdline="volt.ticks=1 volt.tick_ms=1 volt.poweroff")
+                 + "  restartPolicy: Never\n")
+    out = volt("apply", spec).stdout
+    assert out.startswith("vm/quick created"), out
+    row = volt.wait_state("quick", "completed")
+    assert row["reason"] == "guest powered off"
+    assert volt("apply", spec).stdout.strip() == "vm/quick unchanged"
