@@ -102,9 +102,7 @@ class Agent:
             return self.source.pull(), None
         except SourceError as e:
             self.log.event("pull-failed", error=str(e), note="reconciling what the checkout holds")
-            from .owner import git, repo_root
-            root = repo_root(self.source.checkout)
-            return (git(root, "rev-parse", "HEAD") if root else None), f"pull failed: {e}"
+            return self.source.commit(), f"pull failed: {e}"
 
     def _load(self):
         """The source's specs; a directory without any is a source that declares no VMs (all its

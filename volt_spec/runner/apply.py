@@ -182,19 +182,13 @@ def apply_one(spec, home: Path, resolver=None, force_conflicts: bool = False, wa
     t0 = time.monotonic()
     with vm_dir.lock():
         old = vm_dir.read_applied()
-        clash = "" if force_conflicts else conflict(spec, old, owner, resolver)
-        if clash:
-            return Result(spec.name, UNCHANGED, error=clash)
-        busy, obs = wait_while_busy(vm_dir, spec, warn)
-        if busy:
-            return Result(spec.name, UNCHANGED, error=busy)
-        action, detail = plan(spec, home, obs)
+        action, detail, refused = preflight(spec, home, old, owner, resolver, force_conflicts,
+                                            wait=lambda: wait_while_busy(vm_dir, spec, warn))
+        if refused:
+            return Result(spec.name, action, error=refused)
         if action == UNCHANGED:
             _refresh(vm_dir, old, spec, owner, commit)
             return Result(spec.name, UNCHANGED)
-        refused = restore_refusal(vm_dir, spec, action, detail)
-        if refused:
-            return Result(spec.name, action, error=refused)
         vm = resolve(spec)
         try:
             action, detail = _change(vm_dir, spec, vm, action, detail, applied_record(spec, vm, owner, commit), warn)
@@ -203,6 +197,23 @@ def apply_one(spec, home: Path, resolver=None, force_conflicts: bool = False, wa
         except OSError as e:                 # ENOSPC, EIO, EROFS writing $VOLT_HOME
             return Result(spec.name, action, error=os_error(e) + _rollback_quietly(vm_dir, old))
     return Result(spec.name, action, detail, time.monotonic() - t0)
+
+
+def preflight(spec, home: Path, old: dict | None, owner, resolver, force_conflicts: bool,
+              wait=None) -> tuple[str, str, str]:
+    """(action, detail, why it must not happen: "" when it may), what apply and --dry-run both ask
+    first: a conflict with another owner, then (apply only: `wait`) a busy VMM waited for, the plan,
+    and a `restore: ID` that cannot be restored."""
+    clash = "" if force_conflicts else conflict(spec, old, owner, resolver)
+    if clash:
+        return UNCHANGED, "", clash
+    obs = None
+    if wait is not None:
+        busy, obs = wait()
+        if busy:
+            return UNCHANGED, "", busy
+    action, detail = plan(spec, home, obs)
+    return action, detail, restore_refusal(VmDir(home, spec.name), spec, action, detail)
 
 
 def _change(vm_dir: VmDir, spec, vm: dict, action: str, detail: str, record: dict, warn) -> tuple[str, str]:

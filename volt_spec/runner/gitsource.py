@@ -46,6 +46,10 @@ class Source:
             if root is not None and git(root, "config", "--get", "remote.origin.url"):
                 branch = [self.branch] if self.branch else []
                 _run(["git", "-C", str(root), "pull", "--ff-only", "--quiet", "origin", *branch])
+        return self.commit()
+
+    def commit(self) -> str | None:
+        """The commit the checkout is at now (None outside git): what a sync applies."""
         root = repo_root(self.checkout)
         return git(root, "rev-parse", "HEAD") if root is not None else None
 

@@ -42,12 +42,6 @@ def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prun
 
 def _dry_run(spec, home: Path, resolver: Resolver, force_conflicts: bool) -> ap.Result:
     from .home import VmDir
-    clash = "" if force_conflicts else ap.conflict(spec, VmDir(home, spec.name).read_applied(),
-                                                   resolver.owner(spec.source), resolver)
-    if clash:
-        return ap.Result(spec.name, ap.UNCHANGED, error=clash)
-    action, detail = ap.plan(spec, home)
-    refused = ap.restore_refusal(VmDir(home, spec.name), spec, action, detail)
-    if refused:
-        return ap.Result(spec.name, action, error=refused)
-    return ap.Result(spec.name, action, detail if action != ap.RESTORED else "")
+    action, detail, refused = ap.preflight(spec, home, VmDir(home, spec.name).read_applied(),
+                                           resolver.owner(spec.source), resolver, force_conflicts)
+    return ap.Result(spec.name, action, detail if action != ap.RESTORED else "", error=refused or None)
