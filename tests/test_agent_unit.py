@@ -62,6 +62,8 @@ def test_bad_arguments_are_one_line_errors(cli, tmp_path):
     assert r.stderr.strip() == "volt: --interval: 'soon' is not a duration"
     r = cli("agent", str(tmp_path), "--path", "../up", check=2)
     assert "must be a relative path inside the repository" in r.stderr
+    r = cli("agent", "https://git.example.com/x.git", "--branch", "--upload-pack=touch /tmp/x", check=2)
+    assert r.stderr.startswith("volt: --branch '--upload-pack=touch /tmp/x' is not a branch name")
 
 
 def test_the_unit_install_writes_verifies(cli, tmp_path):

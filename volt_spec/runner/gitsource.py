@@ -13,6 +13,7 @@ from .owner import git, repo_root
 
 _REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^@/\s]+@[^:/\s]+:)", re.IGNORECASE)
 GIT_TIMEOUT_S = 120.0
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 
 
 class SourceError(RuntimeError):
@@ -30,6 +31,9 @@ class Source:
     def __init__(self, target: str, cache: Path, branch: str | None = None, subdir: str = "") -> None:
         if subdir and (os.path.isabs(subdir) or ".." in Path(subdir).parts):
             raise SourceError(f"--path {subdir!r} must be a relative path inside the repository")
+        if branch is not None and not _BRANCH.fullmatch(branch):      # git reads a leading - as an option
+            raise SourceError(f"--branch {branch!r} is not a branch name (letters, digits, '.', '_', '/', '-'; "
+                              "not starting with '-' or '.')")
         self.target, self.branch, self.subdir = target, branch, subdir
         self.remote = is_remote(target)
         key = hashlib.sha256(target.encode()).hexdigest()[:16]
