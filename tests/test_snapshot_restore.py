@@ -146,9 +146,11 @@ def test_hardware_kvm_guest_tsc_skips_the_downtime(tmp_path, guest):
     """Hardware KVM: the guest TSC resumes where it stopped, like kvmclock, even for a snapshot
     from the guest's first second (KVM's one-second TSC "synchronisation" would restart it)."""
     facts = take_snapshot(tmp_path, guest)
-    n, clock, tsc = downtime_restore(facts)
+    n, clock, tsc = downtime_restore(facts, seconds=3.0)
     last = facts["last"]
-    assert tsc - last[2] < 1000 and clock - last[1] < 1000, (last, (n, clock, tsc))
+    # Shown, the 3 s of downtime would put both >= 3000 ms on; hidden, they move by the two ticks
+    # since the pause, which under TCG (the lane) can take 500 ms each after a restore.
+    assert tsc - last[2] < 2500 and clock - last[1] < 2500, (last, (n, clock, tsc))
     assert abs((tsc - last[2]) - (clock - last[1])) < 100, (last, (n, clock, tsc))
 
 
