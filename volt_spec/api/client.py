@@ -3,14 +3,21 @@
 One request per connection (`Connection: close`): no stale keep-alive sockets
 to manage, and a VMM restart between two calls is simply a new connection.
 Transport failures become `ApiUnavailable`, 4xx/5xx replies `ApiError`.
+File descriptors can go with a request (SCM_RIGHTS, on its first bytes); the
+caller keeps owning them: the client never closes them.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import socket
 
 from volt_spec.api.errors import ApiError, ApiUnavailable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 0.5
@@ -33,9 +40,9 @@ class ApiClient:
         """PATCH path with a JSON body -> the response object, or None for 204."""
         return self.request("PATCH", path, body)
 
-    def put(self, path: str, body: dict) -> dict | None:
-        """PUT path with a JSON body -> the response object, or None for 204."""
-        return self.request("PUT", path, body)
+    def put(self, path: str, body: dict, fds: Sequence[int] = ()) -> dict | None:
+        """PUT path with a JSON body (and fds passed along) -> the response object, or None for 204."""
+        return self.request("PUT", path, body, fds)
 
     def ping(self, timeout: float = PING_TIMEOUT_S) -> bool:
         """True when a server answers GET /vm (even with an error status), False when unreachable."""
@@ -47,8 +54,10 @@ class ApiClient:
             return True
         return True
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict | None:
-        """Send one request; raise ApiUnavailable or ApiError, else return the JSON object or None."""
+    def request(self, method: str, path: str, body: dict | None = None,
+                fds: Sequence[int] = ()) -> dict | None:
+        """Send one request, with `fds` passed along (still the caller's after); raise
+        ApiUnavailable or ApiError, else return the JSON object or None."""
         payload = b"" if body is None else json.dumps(body).encode()
         head = [f"{method} {path} HTTP/1.1", "Host: localhost", "Accept: application/json",
                 "Connection: close"]
@@ -60,7 +69,7 @@ class ApiClient:
         try:
             self._connect(sock)
             try:
-                sock.sendall(message)
+                _send(sock, message, fds)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the server may have refused early (e.g. 413); its reply is still readable
             status, data = self._read_response(sock)
@@ -140,3 +149,13 @@ class ApiClient:
         if data and not isinstance(obj, dict):
             raise ApiUnavailable(self.path, f"{method} {path}: reply is not a JSON object")
         return obj
+
+
+def _send(sock: socket.socket, message: bytes, fds: Sequence[int]) -> None:
+    """The whole message; fds ride on its first bytes (one sendmsg), the rest follows plainly."""
+    if not fds:
+        sock.sendall(message)
+        return
+    sent = sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    if sent < len(message):
+        sock.sendall(message[sent:])

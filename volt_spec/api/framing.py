@@ -3,12 +3,20 @@
 Only the wire format lives here (request line, header fields, Content-Length bodies, keep-alive,
 the reply's head); what a request means is routes.py's. Strict on purpose: anything unusual in a
 request head is a `Reject` (a 4xx and a closed connection), never a guess. Lean like the server:
-socket, time and json only.
+array, os, socket, time and json only.
+
+File descriptors (SCM_RIGHTS) are read only from a `Conn` made with `accept_fds > 0`: those that
+arrive while a request is being read are that request's (`Request.fds`), at most `accept_fds` of
+them, received close-on-exec. Whoever takes a `Request` owns its fds and must close them
+(`Request.close_fds`); a `Conn` closes those of a request it could not finish (`Conn.close_fds`).
+With `accept_fds == 0` the socket is read with plain recv, and the kernel discards passed fds.
 """
 
 from __future__ import annotations
 
+import array
 import json
+import os
 import socket
 import time
 
@@ -43,26 +51,37 @@ class Reject(Exception):
 
 
 class Request:
-    """One parsed request: method, path (no query), lower-cased headers, raw body."""
+    """One parsed request: method, path (no query), lower-cased headers, raw body, the fds passed
+    with it (owned by whoever took the request) and when its first byte was read (perf_counter_ns,
+    for timing a request from its arrival)."""
 
-    __slots__ = ("method", "path", "headers", "body", "keep_alive")
+    __slots__ = ("method", "path", "headers", "body", "keep_alive", "fds", "arrived_ns")
 
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, fds: list[int] | None = None, arrived_ns: int = 0) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.fds = [] if fds is None else fds
+        self.arrived_ns = arrived_ns
+
+    def close_fds(self) -> None:
+        """Close the fds passed with this request (once: the list is emptied)."""
+        close_all(self.fds)
 
 
 class Conn:
-    """One client connection and the bytes read from it but not yet parsed."""
+    """One client connection: the bytes and fds read from it but not yet parsed into a request."""
 
-    __slots__ = ("sock", "buf", "idle_until")
+    __slots__ = ("sock", "buf", "idle_until", "accept_fds", "fds", "started_ns")
 
-    def __init__(self, sock: socket.socket, idle_until: float) -> None:
+    def __init__(self, sock: socket.socket, idle_until: float, accept_fds: int = 0) -> None:
         self.sock, self.buf, self.idle_until = sock, b"", idle_until
+        self.accept_fds = accept_fds
+        self.fds: list[int] = []        # received for the request being read
+        self.started_ns = 0             # when that request's first byte was read
 
     def fill(self, deadline: float) -> bool:
         """Read what the client sent next, waiting no later than `deadline`; False at EOF."""
@@ -70,9 +89,36 @@ class Conn:
         if remaining <= 0:
             raise TimeoutError("request deadline passed")
         self.sock.settimeout(remaining)
-        data = self.sock.recv(65536)
+        data = self._recv_with_fds() if self.accept_fds > 0 else self.sock.recv(65536)
+        if data and not self.started_ns:
+            self.started_ns = time.perf_counter_ns()
         self.buf += data
         return bool(data)
+
+    def _recv_with_fds(self) -> bytes:
+        """recvmsg: the bytes, and the fds passed with them kept for the request being read; more
+        than accept_fds (or a control message cut short) is a 400, and every fd received closed."""
+        data, ancdata, flags, _ = self.sock.recvmsg(
+            65536, socket.CMSG_SPACE(self.accept_fds * 4), socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC or len(self.fds) > self.accept_fds:
+            self.close_fds()
+            raise Reject(400, f"too many file descriptors (at most {self.accept_fds} per request)")
+        return data
+
+    def take_request_state(self) -> tuple[list[int], int]:
+        """The fds and arrival time of the request just read, handed over (the conn forgets them)."""
+        fds, arrived = self.fds, self.started_ns
+        self.fds, self.started_ns = [], 0
+        return fds, arrived
+
+    def close_fds(self) -> None:
+        """Close fds received for a request that will not be dispatched (a reject, a hang-up)."""
+        close_all(self.fds)
 
     def readline(self, deadline: float) -> bytes | None:
         """One line without its CRLF/LF; None when the client hung up mid-line."""
@@ -99,8 +145,11 @@ class Conn:
 
 
 def read_request(conn: Conn, max_body: int) -> Request | None:
-    """Parse one request within its deadlines; None on a clean or mid-request hang-up."""
+    """Parse one request within its deadlines; None on a clean or mid-request hang-up. Fds
+    received meanwhile stay in `conn.fds` unless a request is returned (then they are its)."""
     deadline = time.monotonic() + HEAD_TIMEOUT_S
+    # pipelined bytes already here: the request arrives now; else when fill() first reads
+    conn.started_ns = time.perf_counter_ns() if conn.buf else 0
     line = b"\r\n"
     for _ in range(MAX_LEADING_BLANK_LINES + 1):
         line = conn.readline(deadline)
@@ -124,7 +173,17 @@ def read_request(conn: Conn, max_body: int) -> Request | None:
         return None
     tokens = {t.strip() for t in headers.get("connection", "").lower().split(",")}
     keep_alive = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
-    return Request(method, path, headers, body, keep_alive)
+    fds, arrived_ns = conn.take_request_state()
+    return Request(method, path, headers, body, keep_alive, fds, arrived_ns)
+
+
+def close_all(fds: list[int]) -> None:
+    """Close every fd in `fds` and empty the list, so nothing closes one twice."""
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:
+            pass  # EBADF: a handler closed it itself, against the rule
 
 
 def _read_headers(conn: Conn, deadline: float) -> dict[str, str] | None:

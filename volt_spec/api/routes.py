@@ -4,6 +4,13 @@ The Firecracker-like endpoints' bodies are checked here (a JSON object, the fiel
 a handler gets plain arguments and only decides; anything it raises becomes a reply, never a dead
 server. Handler calls hold the server's one lock, as Firecracker's single API thread serializes
 requests to its VMM.
+
+File descriptors passed with a request (SCM_RIGHTS, `ApiServer(accept_fds=N)`) reach only
+`PUT /snapshot/load`, as `snapshot_load(body, fds)`: a tuple valid during the call only, closed by
+the server when it returns (a handler that keeps one must os.dup it, and must not close any).
+Fds passed with any other route are not an error: the handler never sees them, and the server
+closes them. The load's body also gets `_arrived_ns` (when the request's first byte was read,
+perf_counter_ns) for timing a restore from the request's arrival; a client cannot set it.
 """
 
 from __future__ import annotations
@@ -34,8 +41,11 @@ ROUTES: dict[str, dict[str, str]] = {
 Reply = tuple[int, "dict | None", tuple]  # (status, JSON body or None, Allow methods)
 
 
-def dispatch(handler: ApiHandler, lock: _thread.LockType, method: str, path: str, body: bytes) -> Reply:
-    """Route one request to the handler: (status, JSON body or None, Allow methods)."""
+def dispatch(handler: ApiHandler, lock: _thread.LockType, method: str, path: str, body: bytes,
+             fds: tuple = (), arrived_ns: int = 0) -> Reply:
+    """Route one request to the handler: (status, JSON body or None, Allow methods). `fds` (the
+    request's passed fds) and `arrived_ns` matter only to PUT /snapshot/load; the caller closes
+    the fds after this returns."""
     try:
         if path in VERSION_PATHS:
             if method != "GET":
@@ -47,7 +57,7 @@ def dispatch(handler: ApiHandler, lock: _thread.LockType, method: str, path: str
             if method not in methods:
                 allow = tuple(sorted(methods))
                 raise ApiError(405, f"{method} {path}: allowed: {', '.join(allow)}", allow=allow)
-            return _call_builtin(lock, method, path, methods[method], body)
+            return _call_builtin(lock, method, path, methods[method], body, (fds, arrived_ns))
         return _call_fallback(handler, lock, method, path, body)
     except ApiError as e:
         return e.status, {"fault_message": e.message}, e.allow
@@ -55,7 +65,9 @@ def dispatch(handler: ApiHandler, lock: _thread.LockType, method: str, path: str
         return 500, {"fault_message": f"{type(e).__name__}: {e}"}, ()
 
 
-def _call_builtin(lock: _thread.LockType, method: str, path: str, fn, body: bytes) -> Reply:
+def _call_builtin(lock: _thread.LockType, method: str, path: str, fn, body: bytes,
+                  passed: tuple[tuple, int]) -> Reply:
+    """A ROUTES endpoint; `passed` is (fds, arrived_ns), for /snapshot/load only."""
     if method == "GET":
         with lock:
             result = fn()
@@ -78,12 +90,32 @@ def _call_builtin(lock: _thread.LockType, method: str, path: str, fn, body: byte
             with lock:
                 fn(action_type, obj)
             return 204, None, ()
-        case _:  # /snapshot/create, /snapshot/load
+        case "/snapshot/load":
+            return _snapshot_load(lock, fn, obj, *passed)
+        case _:  # /snapshot/create
             if not isinstance(obj.get("snapshot_path"), str):
                 raise ApiError(400, "snapshot_path (a string) is required")
             with lock:
                 result = fn(obj)
             return _maybe_body(path, result)
+
+
+def _snapshot_load(lock: _thread.LockType, fn, obj: dict, fds: tuple, arrived_ns: int) -> Reply:
+    """A load names its snapshot by `snapshot_path` or by `fds` (an object naming passed fds by
+    role, for a warm VMM); `_arrived_ns` is the server's, never the client's."""
+    named = obj.get("fds")
+    if "fds" in obj and not isinstance(named, dict):
+        raise ApiError(400, "fds must be an object naming the passed fds")
+    if named is None and not isinstance(obj.get("snapshot_path"), str):
+        raise ApiError(400, "snapshot_path (a string) or fds (an object naming passed fds) is required")
+    if named is not None and not fds:
+        raise ApiError(400, "fds named but none were passed")
+    obj.pop("_arrived_ns", None)
+    if arrived_ns > 0:
+        obj["_arrived_ns"] = arrived_ns
+    with lock:
+        result = fn(obj, fds)
+    return _maybe_body("/snapshot/load", result)
 
 
 def _call_fallback(handler: ApiHandler, lock: _thread.LockType, method: str, path: str,

@@ -1,7 +1,7 @@
 """HTTP/1.1 server on a Unix stream socket, routing Firecracker-like endpoints.
 
-Runs inside volt-vmm, so it imports only socket, select, json, os, stat, time, _queue and
-_thread (no http.server, email, threading or typing). A fixed set of threads, whatever the
+Runs inside volt-vmm, so it imports only socket, select, json, os, stat, time, errno, array,
+_queue and _thread (no http.server, email, threading or typing). A fixed set of threads, whatever the
 clients do: one poller accepts and watches idle keep-alive connections, WORKERS workers each
 serve one readable connection at a time (one request, or a pipelined run of them) and hand it
 back. Open connections are capped (MAX_CONNECTIONS: past it a 503 and a close), and every request
@@ -10,6 +10,10 @@ next request on a kept-alive connection must come within the idle timeout, measu
 byte read, so a client trickling a byte at a time (slowloris) is dropped at the deadline. Handler
 calls are serialized by one lock (routes.py). Every failure to parse a request becomes a 4xx reply
 and a closed connection, never a dead server.
+
+With `accept_fds > 0` a request may carry up to that many file descriptors (SCM_RIGHTS; a warm
+VMM is handed its snapshot's files so). The server owns them: it closes every one after the
+request's dispatch returns, and on any reject, error or hang-up; a handler that keeps one dups it.
 
 This module is the connection life cycle; framing.py reads requests and writes replies, routes.py
 maps them onto the handler.
@@ -48,8 +52,9 @@ class ApiServer:
 
     def __init__(self, path: str, handler: ApiHandler, *, max_body: int = MAX_BODY,
                  idle_timeout: float = IDLE_TIMEOUT_S, workers: int = WORKERS,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, accept_fds: int = 0) -> None:
         self.path = path
+        self.accept_fds = accept_fds
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -144,7 +149,7 @@ class ApiServer:
                 self._expire(poller, idle, time.monotonic())
         finally:
             for conn in idle.values():
-                self._forget(conn.sock)
+                self._forget(conn)
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._polling.release()
@@ -174,7 +179,8 @@ class ApiServer:
                 pass
             sock.close()
             return
-        conn = Conn(sock, time.monotonic() + min(self.idle_timeout, framing.HEAD_TIMEOUT_S))
+        conn = Conn(sock, time.monotonic() + min(self.idle_timeout, framing.HEAD_TIMEOUT_S),
+                    self.accept_fds)
         idle[sock.fileno()] = conn
         poller.register(sock.fileno(), select.POLLIN)
 
@@ -193,12 +199,14 @@ class ApiServer:
     def _expire(self, poller, idle: dict[int, Conn], now: float) -> None:
         for fd in [fd for fd, c in idle.items() if c.idle_until <= now]:
             poller.unregister(fd)
-            self._forget(idle.pop(fd).sock)
+            self._forget(idle.pop(fd))
 
-    def _forget(self, sock: socket.socket) -> None:
+    def _forget(self, conn: Conn) -> None:
+        """Close a connection, and any fds it received for a request never dispatched."""
+        conn.close_fds()
         with self._conns_lock:
-            self._conns.discard(sock)
-        sock.close()
+            self._conns.discard(conn.sock)
+        conn.sock.close()
 
     # -- the workers: one connection at a time ---------------------------------------------------
     def _work_loop(self) -> None:
@@ -212,7 +220,7 @@ class ApiServer:
                     self._returned.append(conn)
                 self._wake()
             else:
-                self._forget(conn.sock)
+                self._forget(conn)
 
     def _serve(self, conn: Conn) -> bool:
         """Answer the requests the client has sent; True to keep the connection for more."""
@@ -225,13 +233,7 @@ class ApiServer:
                     return False
                 if request is None:
                     return False
-                status, payload, allow = self.dispatch(request.method, request.path, request.body)
-                keep = request.keep_alive and not self._closing
-                try:
-                    reply = response(status, payload, close=not keep, allow=allow)
-                except (TypeError, ValueError) as e:  # the handler returned something not JSON
-                    reply = response(500, {"fault_message": f"unserializable reply: {e}"},
-                                      close=not keep)
+                reply, keep = self._answer(request)
                 conn.send(reply)
                 if not keep:
                     return False
@@ -241,9 +243,26 @@ class ApiServer:
             pass  # peer vanished, missed its deadline, or the server is closing
         return False
 
-    def dispatch(self, method: str, path: str, body: bytes) -> routes.Reply:
-        """Route one request to the handler: (status, JSON body or None, Allow methods)."""
-        return routes.dispatch(self.handler, self._handler_lock, method, path, body)
+    def _answer(self, request: framing.Request) -> tuple[bytes, bool]:
+        """The reply to one request and whether to keep the connection. Its fds are closed before
+        the reply goes out, so a client that has the reply knows the server holds none of them."""
+        try:
+            status, payload, allow = self.dispatch(request.method, request.path, request.body,
+                                                   tuple(request.fds), request.arrived_ns)
+        finally:
+            request.close_fds()
+        keep = request.keep_alive and not self._closing
+        try:
+            return response(status, payload, close=not keep, allow=allow), keep
+        except (TypeError, ValueError) as e:  # the handler returned something not JSON
+            return response(500, {"fault_message": f"unserializable reply: {e}"}, close=not keep), keep
+
+    def dispatch(self, method: str, path: str, body: bytes, fds: tuple = (),
+                 arrived_ns: int = 0) -> routes.Reply:
+        """Route one request to the handler: (status, JSON body or None, Allow methods). `fds`
+        are valid during the call only (the caller closes them)."""
+        return routes.dispatch(self.handler, self._handler_lock, method, path, body, fds,
+                               arrived_ns)
 
 
 def _pause(seconds: float) -> None:

@@ -28,10 +28,25 @@ def kvm_flavour(sys_module: str = "/sys/module", cpuinfo: str = "/proc/cpuinfo")
     return "unknown"
 
 
-def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+CPUINFO = "/proc/cpuinfo"
+_host_identity: dict[str, str] | None = None      # the host's CPU does not change under a process
+
+
+def cpu_identity(cpuinfo: str = CPUINFO) -> dict[str, str]:
     """vendor_id, model name, family and model of the host's first CPU.
 
-    Reads only the first CPU's block with one read(2): it is on the restore path."""
+    Reads only the first CPU's block with one read(2), once per process for the host's: it is
+    on the restore path (a warm VMM reads it before its load)."""
+    global _host_identity
+    if cpuinfo == CPUINFO and _host_identity is not None:
+        return dict(_host_identity)
+    identity = _read_identity(cpuinfo)
+    if cpuinfo == CPUINFO:
+        _host_identity = dict(identity)
+    return identity
+
+
+def _read_identity(cpuinfo: str) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         fd = os.open(cpuinfo, os.O_RDONLY | os.O_CLOEXEC)

@@ -12,6 +12,20 @@ import mmap
 import os
 
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_libc_mmap = None
+
+
+def _mmap_fn():
+    """libc's mmap(2) with its argument types: Python's mmap module cannot map at a given address."""
+    global _libc_mmap
+    if _libc_mmap is None:
+        fn = ctypes.CDLL(None, use_errno=True).mmap
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        _libc_mmap = fn
+    return _libc_mmap
 
 
 class GuestMemoryError(ValueError):
@@ -35,6 +49,18 @@ class MemoryRegion:
     @property
     def end(self) -> int:
         return self.gpa + self.size
+
+    def map_file_over(self, fd: int, offset: int) -> None:
+        """Replace this region's pages with `fd` from `offset`, MAP_FIXED|MAP_PRIVATE at the same host
+        address: a memory slot registered on it stays valid (KVM drops its old translations through
+        the MMU notifier and faults the file's pages in on use), so no slot ioctl is needed. The
+        region then reads as the file, copy-on-write, and `backing` records it."""
+        flags = mmap.MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE
+        addr = _mmap_fn()(self.host_addr, self.size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, offset)
+        if addr is None or addr == _MAP_FAILED or addr != self.host_addr:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mapping the memory file over guest RAM at {self.gpa:#x}: {os.strerror(err)}")
+        self.backing = (fd, offset)
 
 
 class GuestMemory:

@@ -30,30 +30,35 @@ def record(snapshot_dir: str, fd: int, sha256: str) -> None:
     atomic_write(os.path.join(snapshot_dir, FINGERPRINT_FILE), line(fd, sha256), mode=0o600)
 
 
-def matches(snapshot_dir: str, fd: int, sha256: str) -> bool:
-    """The recorded fingerprint is this file's, checked against this checksum."""
-    from ..fsutil import read_regular
-    try:
-        saved = read_regular(os.path.join(snapshot_dir, FINGERPRINT_FILE), 4096)
-    except OSError:
-        return False
-    return saved == line(fd, sha256)
-
-
 def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False) -> str:
     """Refuse a memory file that is not what the snapshot wrote. Returns how it was checked:
     "fingerprint" (unchanged since the last full check) or "checksum" (read in full, and the
     fingerprint recorded again when the directory is writable)."""
+    from ..fsutil import read_regular
+    saved = None
+    if not force:
+        try:
+            saved = read_regular(os.path.join(snapshot_dir, FINGERPRINT_FILE), 4096)
+        except OSError:
+            pass
+    how = check_memory_fd(snapshot_dir, fd, sha256, saved)
+    if how == "checksum":
+        try:
+            record(snapshot_dir, fd, sha256)
+        except OSError:
+            pass                 # a read-only snapshot directory: the next restore checks in full again
+    return how
+
+
+def check_memory_fd(where: str, fd: int, sha256: object, saved: bytes | None) -> str:
+    """check_memory for a file known only by its fd (a warm VMM's) and the fingerprint line read
+    beside it (`saved`, None when there is none): "fingerprint" or "checksum", or SnapshotError."""
     if not isinstance(sha256, str) or len(sha256) != 64:
-        raise SnapshotError(f"{snapshot_dir}: state.json records no memory checksum; the memory cannot be checked")
-    if not force and matches(snapshot_dir, fd, sha256):
+        raise SnapshotError(f"{where}: state.json records no memory checksum; the memory cannot be checked")
+    if saved is not None and saved == line(fd, sha256):
         return "fingerprint"
     from .memory_file import memory_digest_fd
     if memory_digest_fd(fd) != sha256:
-        raise SnapshotError(f"{snapshot_dir}: the memory file does not match the checksum recorded when it was "
+        raise SnapshotError(f"{where}: the memory file does not match the checksum recorded when it was "
                             f"written (changed or corrupt); refusing to run a guest on it")
-    try:
-        record(snapshot_dir, fd, sha256)
-    except OSError:
-        pass                     # a read-only snapshot directory: the next restore checks in full again
     return "checksum"

@@ -12,7 +12,7 @@ a different XSAVE size.
 from __future__ import annotations
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
-from .fingerprint import check_memory
+from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .memory_file import MemoryFileError, map_memory
 
@@ -74,6 +74,71 @@ def load(snapshot_dir: str, xsave_size: int | None = None, host: tuple[int, int]
         checks()
         raise SnapshotError(f"{snapshot_dir}: bad memory layout in state.json ({e})") from None
     return state, memory, checks
+
+
+def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, vcpus: int,
+             xsave_size: int | None = None, host: tuple[int, int] | None = None, where: str = "the snapshot"):
+    """load() for a VMM that holds no host paths (a warm VMM): state.json and memory.snap arrive
+    as fds, and the memory is mapped MAP_FIXED over `memory`, the guest RAM already registered
+    with KVM for `vcpus` vCPUs, whose shape the snapshot must have (checked before anything is mapped).
+    Returns (state, checks); `checks` as load()'s, the memory checked against `fingerprint`
+    (the memory.verified line read beside it) or else in full."""
+    raw = read_fd(state_fd, where)
+    doc, state = parse(raw, where)
+
+    def checks() -> None:
+        verify(raw, doc, state, where)
+        check_compatible(state, where, xsave_size)
+        check_memory_fd(where, memory_fd, state["memory"].get("sha256"), fingerprint)
+
+    try:
+        check_shape(state, where, host)
+        check_fits(state, memory, vcpus, where)
+        check_memory_file(memory_fd, state["memory"], where)
+    except SnapshotError:
+        verify(raw, doc, state, where)
+        raise
+    for region, r in zip(memory.regions, state["memory"]["regions"]):
+        region.map_file_over(memory_fd, r["offset"])
+    return state, checks
+
+
+def read_fd(fd: int, where: str) -> bytes:
+    """state.json's bytes from an fd: a regular file, read from its start, at most MAX_STATE_BYTES + 1."""
+    import os
+    import stat
+    from .format import MAX_STATE_BYTES
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise SnapshotError(f"{where}: the state file passed is not a regular file")
+    chunks, pos = [], 0
+    while pos <= MAX_STATE_BYTES:
+        data = os.pread(fd, min(MAX_STATE_BYTES + 1 - pos, 1 << 20), pos)
+        if not data:
+            break
+        chunks.append(data)
+        pos += len(data)
+    return b"".join(chunks)
+
+
+def check_fits(state: dict, memory, vcpus: int, where: str) -> None:
+    """A shape-checked state is a VM of `vcpus` vCPUs whose RAM is exactly `memory`'s regions (a warm VMM's shape)."""
+    want = [(r.gpa, r.size) for r in memory.regions]
+    got = [(r["gpa"], r["size"]) for r in state["memory"]["regions"]]
+    n = state["meta"]["vcpus"]
+    if got != want or n != vcpus:
+        raise SnapshotError(f"{where}: the snapshot is a VM of {n} vCPU(s) and {state['meta']['memory_mib']} MiB; "
+                            f"this warm VMM is shaped for {vcpus} vCPU(s) and {memory.size >> 20} MiB")
+
+
+def check_memory_file(fd: int, layout: dict, where: str) -> None:
+    """The memory fd is a regular file of exactly the recorded size (see map_memory)."""
+    import os
+    import stat
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotError(f"{where}: the memory file passed is not a regular file")
+    if st.st_size != int(layout["size"]):
+        raise SnapshotError(f"{where}: the memory file holds {st.st_size} bytes; the snapshot recorded {layout['size']}")
 
 
 def check_shape(state: dict, where: str, host: tuple[int, int] | None = None) -> None:

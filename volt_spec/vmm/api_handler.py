@@ -71,6 +71,7 @@ class VmmApi:
             "kvm": self.flavour,
             "policy": m.policy.status() if m.policy else None,
             "counters": dict(m.devices.counters(), vcpu_exits=list(m.exit_counts)),
+            **({"timing": dict(m.timing, run_entered_ns=list(m.run_entered_ns))} if m.timing is not None else {}),
         }
 
     def set_state(self, state: str) -> None:
@@ -117,7 +118,7 @@ class VmmApi:
             self.machine.policy.apply_retention()
         return result
 
-    def snapshot_load(self, body: dict) -> dict | None:
+    def snapshot_load(self, body: dict, fds: tuple = ()) -> dict | None:
         raise ApiError(400, "PUT /snapshot/load is only valid before boot, and this VM has booted")
 
     def route(self, method: str, path: str, body: dict | None) -> tuple[int, dict | None]:
@@ -204,7 +205,9 @@ class ConfigApi:
         launch(machine)
         self._started(machine)
 
-    def snapshot_load(self, body: dict) -> dict | None:
+    def snapshot_load(self, body: dict, fds: tuple = ()) -> dict | None:
+        if not isinstance(body.get("snapshot_path"), str):
+            raise ApiError(400, "this VMM loads a snapshot by snapshot_path; fds are for a warm VMM (volt-vmm --warm)")
         self._once()
         from ..snapshot.format import SnapshotError
         from .builder import build_from_snapshot, launch

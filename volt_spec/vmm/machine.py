@@ -9,6 +9,7 @@ transitions; every change of state goes through it.
 from __future__ import annotations
 
 import _thread
+from time import perf_counter_ns
 
 import _signal as signal  # the C module: `signal` would pull in enum (~4 ms before KVM_RUN)
 
@@ -80,6 +81,10 @@ class Machine:
         self.exit_reason = ""
         self.vcpus: list[Vcpu] = []
         self.exit_counts: list[int] = [0] * config.vcpus
+        self.run_entered_ns: list[int] = [0] * config.vcpus   # perf_counter_ns of each vCPU's first KVM_RUN
+        self.all_running = Flag()                         # set by the last vCPU thread to get there
+        self._go: Flag | None = None                      # what prestarted vCPU threads wait for
+        self.timing: dict | None = None                   # a warm load's stamps (vmm/warm.py)
         self.threads: list[Worker] = []
         self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)
         self.policy = None                                # the PolicyEngine, once one is configured
@@ -112,7 +117,10 @@ class Machine:
         self._memory_worker.join()
 
     def create_vcpus(self) -> None:
-        """The vCPUs, bare: their state comes from the builder (entry registers) or a snapshot."""
+        """The vCPUs, bare: their state comes from the builder (entry registers) or a snapshot.
+        Once only: a warm VMM's exist before the restore that fills them."""
+        if self.vcpus:
+            return
         mmap_size = self.kvm.get_vcpu_mmap_size()
         for i in range(self.config.vcpus):
             self.vcpus.append(Vcpu(self.vm.create_vcpu(i), i, mmap_size))
@@ -138,10 +146,20 @@ class Machine:
             raise InvalidStateTransition(self.state, new)
         self.state = new
 
+    def prestart(self) -> None:
+        """Start the vCPU threads now, each parked before its first KVM_RUN until `start`: a warm
+        VMM's, so that its load pays no thread start-up."""
+        self._go = Flag()
+        for vcpu in self.vcpus:
+            self.threads.append(Worker(self._vcpu_loop, vcpu, self._go))
+
     def start(self) -> None:
         self.wait_memory()
         install_kick_handler()
         self._transition(RUNNING)
+        if self._go is not None:
+            self._go.set()
+            return
         for vcpu in self.vcpus:
             self.threads.append(Worker(self._vcpu_loop, vcpu))
 
@@ -247,10 +265,16 @@ class Machine:
         for vcpu in self.vcpus:
             vcpu.set_immediate_exit(True)
 
-    def _vcpu_loop(self, vcpu: Vcpu) -> None:
+    def _vcpu_loop(self, vcpu: Vcpu, go: Flag | None = None) -> None:
         enter_device_thread()                 # the process's seccomp filter and this thread's narrower one
+        while go is not None and not go.wait(0.5):
+            if self.exit_event.is_set():      # a prestarted thread of a VM that never started
+                return
         pio, mmio, lock = self.devices.pio, self.devices.mmio, self.bus_lock
         counts, index = self.exit_counts, vcpu.index
+        self.run_entered_ns[index] = perf_counter_ns()
+        if all(self.run_entered_ns):
+            self.all_running.set()
         try:
             while not self.exit_event.is_set():
                 ex = vcpu.run()

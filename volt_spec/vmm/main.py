@@ -20,6 +20,8 @@ usage: volt-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--memory MIB]
        volt-vmm --restore DIR [--clock continue|realtime] [--api-sock PATH]
        volt-vmm --config FILE                    (the whole VM as JSON: what volt writes)
        volt-vmm --api-sock PATH                  (configure through the API)
+       volt-vmm --warm --vcpus N --memory MIB --api-sock PATH
+                                                 (a VM made ahead, for a snapshot load by fds)
        volt-vmm --snapshot DIR --api-sock PATH   (snapshot a running VMM)
 
 Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
@@ -44,6 +46,11 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     restore, drives, network, virtio, policy, api, stop_timeout; volt
                     writes it for every VM it starts); combines only with --jail/--seccomp
   --restore DIR     start from the snapshot in DIR instead of booting
+  --warm            make the VM of this shape (--vcpus, --memory) ahead: vCPUs created,
+                    RAM registered, every module imported; then wait on --api-sock for
+                    PUT /snapshot/load {"fds": {"state": 0, "memory": 1, "fingerprint": 2}}
+                    with state.json, memory.snap (and memory.verified) passed as file
+                    descriptors (SCM_RIGHTS): the memory is mapped over the registered RAM
   --clock MODE      on --restore: continue (default: the guest's clock resumes where
                     it stopped) or realtime (it advances by the time that passed)
   --verify          on --restore: read the whole memory file and compare its checksum
@@ -85,7 +92,7 @@ example:
 """
 
 _REPEATED = {"--disk", "--net", "--disk-override", "--tap-override"}
-_FLAGS = {"--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
+_FLAGS = {"--warm", "--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
 _OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
@@ -194,6 +201,8 @@ def build_and_serve(config) -> int:
             machine = build_from_snapshot(kvm, config)
         elif config.boot_source is not None:
             machine = build(kvm, config)
+        elif config.warm:
+            return serve_warm(kvm, config)
         else:
             return serve_unconfigured(kvm, config)
     except (VmmConfigError, KvmUnavailable, MissingCapability, SnapshotError) as e:
@@ -248,6 +257,29 @@ def serve_unconfigured(kvm, config) -> int:
     handler.started.wait()
     server.handler = VmmApi(handler.machine, config.name, config.api.state_dir)
     return serve(handler.machine, config, server=server)
+
+
+def serve_warm(kvm, config) -> int:
+    """Make the VM ahead, serve the warm API (fds accepted) until a load, then serve the VM."""
+    from ..api.server import ApiServer
+    from .api_handler import VmmApi
+    from .warm import MAX_FDS, WarmApi, prepare
+    try:
+        machine = prepare(kvm, config)
+    except (ValueError, OSError) as e:
+        return fail(status.VMM_ERROR, f"cannot make the warm VM: {e}")
+    handler = WarmApi(kvm, config, machine)
+    try:
+        server = ApiServer(config.api.socket, handler, accept_fds=MAX_FDS)
+        server.start()
+    except Exception as e:  # noqa: BLE001 - OSError, SocketInUse: one line either way
+        return fail(status.VMM_ERROR, f"cannot serve the API on {config.api.socket}: {getattr(e, 'strerror', None) or e}")
+    handler.started.wait()
+    if handler.spent:
+        server.close()
+        return fail(status.VMM_ERROR, f"warm VMM spent: {handler.spent}")
+    server.handler = VmmApi(machine, config.name, config.api.state_dir)
+    return serve(machine, config, server=server)
 
 
 def snapshot_client(opts: dict) -> int:

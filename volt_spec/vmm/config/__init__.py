@@ -61,19 +61,24 @@ class ApiConfig(Section):
 
 
 class VmmConfig(Section):
-    """A cold boot (boot_source) or a restore (restore), or neither: wait for the API to configure one."""
+    """A cold boot (boot_source) or a restore (restore), or neither: wait for the API to configure one
+    (`warm`: with the VM of `machine`'s shape made ahead, for a snapshot load by fds; vmm/warm.py)."""
 
     __slots__ = ("name", "machine", "boot_source", "drives", "network", "virtio", "restore", "policy",
-                 "api", "stop_timeout")
+                 "api", "stop_timeout", "warm")
 
     def __init__(self, name: str = "vm", machine: MachineConfig | None = None,
                  boot_source: BootSourceConfig | None = None, drives: list | None = None,
                  network: list | None = None, virtio: VirtioConfig | None = None,
                  restore: RestoreConfig | None = None, policy: PolicyConfig | None = None,
-                 api: ApiConfig | None = None, stop_timeout: float = 10.0) -> None:
+                 api: ApiConfig | None = None, stop_timeout: float = 10.0, warm: bool = False) -> None:
         self.name, self.machine, self.boot_source = name, machine or MachineConfig(), boot_source
         self.drives, self.network, self.virtio = drives or [], network or [], virtio or VirtioConfig()
         self.restore, self.policy, self.api, self.stop_timeout = restore, policy, api, stop_timeout
+        self.warm = warm
+        if warm and (boot_source is not None or restore is not None or drives or network or api is None):
+            raise VmmConfigError("a warm VMM (--warm) is configured by its shape (--vcpus, --memory) and --api-sock "
+                                 "alone: its VM comes from a snapshot load")
 
     @classmethod
     def from_dict(cls, data: object, where: str = "vm.json") -> "VmmConfig":
@@ -91,7 +96,7 @@ class VmmConfig(Section):
             restore=_optional(RestoreConfig, r.get("restore", None)),
             policy=_optional(PolicyConfig, r.get("policy", None)),
             api=_optional(ApiConfig, r.get("api", None)),
-            stop_timeout=r.number("stop_timeout", 10.0))
+            stop_timeout=r.number("stop_timeout", 10.0), warm=r.flag("warm", False))
 
     def to_dict(self) -> dict:
         out = {}

@@ -33,7 +33,7 @@ def config_from_args(opts: dict) -> VmmConfig:
         virtio=VirtioConfig("cmdline" if opts.get("virtio_cmdline") else "acpi",
                             not opts.get("no_ioeventfd"), not opts.get("no_irqfd")),
         restore=_restore(opts), policy=_policy(opts.get("policy")), api=_api(opts),
-        stop_timeout=opts.get("stop_timeout", 10.0))
+        stop_timeout=opts.get("stop_timeout", 10.0), warm=bool(opts.get("warm")))
 
 
 def _boot_source(opts: dict) -> BootSourceConfig | None:
