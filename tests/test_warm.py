@@ -134,3 +134,5 @@ def test_a_jailed_warm_vmm_restores_from_fds(tmp_path, guest):
         vmm.wait_api(sock)
         load_snapshot(sock, facts["dir"])
         assert_continues(vmm, facts)
+        vmm.signal()                        # SIGTERM, passed on by the jail's parent: the guest powers off
+        assert vmm.finish()[0] == 0

@@ -262,7 +262,6 @@ def serve_unconfigured(kvm, config) -> int:
 def serve_warm(kvm, config) -> int:
     """Make the VM ahead, serve the warm API (fds accepted) until a load, then serve the VM."""
     from ..api.server import ApiServer
-    from .api_handler import VmmApi
     from .warm import MAX_FDS, WarmApi, prepare
     try:
         machine = prepare(kvm, config)
@@ -278,7 +277,7 @@ def serve_warm(kvm, config) -> int:
     if handler.spent:
         server.close()
         return fail(status.VMM_ERROR, f"warm VMM spent: {handler.spent}")
-    server.handler = VmmApi(machine, config.name, config.api.state_dir)
+    server.handler = handler.vm_api
     return serve(machine, config, server=server)
 
 
