@@ -17,7 +17,7 @@
 4. Memory (`--clones`, default 20; `--skip-memory` to leave it out): a 1 GiB guest that touched
    512 MiB before its snapshot, restored into N warm VMMs and left ticking; each clone's USS
    (Private_Clean + Private_Dirty of smaps_rollup) beside one cold-restored VMM's of the same
-   snapshot (target: within 1.1x: the snapshot's pages are shared through the page cache, not
+   snapshot (serving its API, as every VMM volt starts does) (target: within 1.1x: the snapshot's pages are shared through the page cache, not
    copied per clone), and the total PSS.
 
 usage: python benchmarks/pool.py [--restores 200] [--batch 8] [--cold-runs 20] [--clones 20]
@@ -195,7 +195,7 @@ def sharing(work: Path, guest: str, clones: int) -> list[list]:
     """USS of `clones` idle warm-restored clones of a 1 GiB guest that touched 512 MiB, beside one
     cold-restored VMM's; total PSS."""
     snap = take_snapshot(work, guest, "big", memory=1024, cmdline=f"{TICKS} volt.mem=512", marker=b"mem-ok")
-    cold = Vmm(["--restore", snap])
+    cold = Vmm(["--restore", snap, "--api-sock", str(work / "cold.sock")])   # as volt runs a VMM: with its API
     vmms = warm_vmms(work, clones, memory=1024)
     try:
         cold.wait_output(b"tick")

@@ -59,7 +59,8 @@ def take_snapshot(tmp_path, guest, name="snap", vcpus=1, memory=128, cmdline=Non
         result = api.put("/snapshot/create", {"snapshot_path": str(tmp_path / name)})
         vmm.proc.kill()
         vmm.finish()
-        return dict(facts, dir=str(tmp_path / name), checksum=checksum, last_tick=facts["last"][0], result=result)
+        return dict(facts, dir=str(tmp_path / name), checksum=checksum, last_tick=facts["last"][0], result=result,
+                    lines=list(vmm.lines))
 
 
 def assert_continues(vmm, facts, clock="continue"):

@@ -11,6 +11,7 @@ answers on, is named here so the loaders, ACPI tables and devices agree.
     0x0002_0000  kernel command line
     0x0009_fc00  end of low RAM (EBDA and BIOS area reserved above)
     0x000e_0000  ACPI tables (RSDP first, so a legacy scan finds it too)
+    0x000f_f000  the VM generation ID (16 bytes; the DSDT's VGEN device names it)
     0x0010_0000  kernel (bzImage protected-mode part; ELF files use their own paddrs)
     0xc000_0000  start of the 32-bit MMIO hole: RAM beyond 3 GiB moves above 4 GiB
     0xd000_0000  virtio-mmio device windows, 4 KiB each
@@ -40,7 +41,9 @@ CMDLINE_ADDR = 0x20000
 CMDLINE_MAX = 0x10000
 EBDA_START = 0x9FC00
 ACPI_START = 0xE0000
-ACPI_END = 0x100000
+ACPI_END = 0xFF000                # the tables end below the generation ID's page
+VMGENID_ADDR = 0xFF000            # 16 bytes in E820-reserved low memory (Microsoft's VM Generation ID)
+VMGENID_SIZE = 16
 HIMEM_START = 0x100000            # 1 MiB: where a bzImage's kernel goes
 BOOT_STACK_TOP = 0x8FF0           # rsp for the 64-bit Linux entry (unused by the kernel)
 
@@ -51,6 +54,7 @@ HIGH_RAM_START = 4 * GiB
 VIRTIO_MMIO_BASE = 0xD000_0000
 VIRTIO_MMIO_SIZE = 0x1000
 VIRTIO_IRQ_BASE = 5               # first virtio device's IOAPIC pin
+GED_GSI = 23                      # the Generic Event Device's pin (the last IOAPIC pin): VGEN's notify
 IOAPIC_ADDR = 0xFEC0_0000
 LAPIC_ADDR = 0xFEE0_0000
 KVM_TSS_ADDR = 0xFFFB_D000

@@ -113,6 +113,10 @@ INTERRUPT_OVERRIDES: tuple[tuple[int, int, int], ...] = ()
 COM1_HID = "PNP0501"              # 16550A-compatible UART
 PS2_KEYBOARD_HID = "PNP0303"      # IBM Enhanced (101/102-key) PS/2 keyboard
 VIRTIO_MMIO_HID = "LNRO0005"      # what Linux's virtio_mmio driver matches over ACPI
+VMGENID_HID = "VMGENCTR"          # Linux's vmgenid driver matches it (Firecracker's _HID)
+VMGENID_CID = "VM_Gen_Counter"    # Microsoft's VM Generation ID spec (QEMU's _CID)
+GED_HID = "ACPI0013"              # Generic Event Device: an interrupt that runs _EVT
+NOTIFY_DEVICE_CHECK = 0x80        # the notify value Microsoft's spec gives for a new generation ID
 COM1_PORT_COUNT = 8
 STA_PRESENT_ENABLED_SHOWN_OK = 0x0F
 
@@ -244,8 +248,28 @@ def build_dsdt(virtio: Sequence[VirtioMmioDesc] = ()) -> bytes:
     s5 = aml.name("\\_S5_", aml.package(
         aml.integer(v) for v in (layout.ACPI_S5_SLP_TYP, 0, 0, 0)
     ))
-    body = aml.scope("\\_SB_", [com1, ps2k, *virtio_devices]) + s5
+    body = aml.scope("\\_SB_", [com1, ps2k, *virtio_devices, *vmgenid_devices()]) + s5
     return _sdt(b"DSDT", DSDT_REVISION, body)
+
+
+def vmgenid_devices() -> list[bytes]:
+    """VGEN, whose ADDR names the 16-byte VM generation ID in guest memory, and a GED whose interrupt
+    (layout.GED_GSI, raised by the VMM after a restore writes a new ID) makes Linux notify VGEN:
+    its vmgenid driver then re-reads the ID and reseeds the kernel's RNG."""
+    vgen = aml.device("VGEN", [
+        aml.name("_HID", aml.string(VMGENID_HID)),
+        aml.name("_CID", aml.string(VMGENID_CID)),
+        aml.name("_DDN", aml.string(VMGENID_CID)),
+        aml.name("ADDR", aml.package([aml.integer(layout.VMGENID_ADDR & 0xFFFF_FFFF),
+                                      aml.integer(layout.VMGENID_ADDR >> 32)])),
+    ])
+    ged = aml.device("GED_", [
+        aml.name("_HID", aml.string(GED_HID)),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_CRS", aml.resource_template([aml.extended_interrupt([layout.GED_GSI])])),
+        aml.method("_EVT", 1, [aml.notify("\\_SB_.VGEN", NOTIFY_DEVICE_CHECK)]),
+    ])
+    return [vgen, ged]
 
 
 def build_fadt(dsdt_addr: int) -> bytes:

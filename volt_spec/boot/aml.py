@@ -29,6 +29,8 @@ NAME_OP = 0x08
 SCOPE_OP = 0x10
 BUFFER_OP = 0x11
 PACKAGE_OP = 0x12
+METHOD_OP = 0x14
+NOTIFY_OP = 0x86
 EXT_OP_PREFIX = 0x5B
 DEVICE_OP = 0x82                  # follows EXT_OP_PREFIX
 
@@ -245,6 +247,18 @@ def extended_interrupt(
 def end_tag() -> bytes:
     """End tag with checksum 0 ("treat as if the checksum is valid")."""
     return bytes([SMALL_END_TAG, 0])
+
+
+def method(path: str, args: int, body: Iterable[bytes]) -> bytes:
+    """Method(path, args, NotSerialized) {body} (20.2.5.2: MethodFlags bits 0-2 = ArgCount)."""
+    if not 0 <= args <= 7:
+        raise ValueError(f"a method takes 0..7 arguments, not {args}")
+    return bytes([METHOD_OP]) + pkg(name_string(path) + bytes([args]) + b"".join(body))
+
+
+def notify(path: str, value: int) -> bytes:
+    """Notify(path, value) (20.2.5.3)."""
+    return bytes([NOTIFY_OP]) + name_string(path) + integer(value)
 
 
 def resource_template(descriptors: Iterable[bytes]) -> bytes:

@@ -11,6 +11,9 @@ a different XSAVE size.
 
 from __future__ import annotations
 
+import os
+import stat
+
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
@@ -105,8 +108,6 @@ def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, v
 
 def read_fd(fd: int, where: str) -> bytes:
     """state.json's bytes from an fd: a regular file, read from its start, at most MAX_STATE_BYTES + 1."""
-    import os
-    import stat
     from .format import MAX_STATE_BYTES
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise SnapshotError(f"{where}: the state file passed is not a regular file")
@@ -132,8 +133,6 @@ def check_fits(state: dict, memory, vcpus: int, where: str) -> None:
 
 def check_memory_file(fd: int, layout: dict, where: str) -> None:
     """The memory fd is a regular file of exactly the recorded size (see map_memory)."""
-    import os
-    import stat
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise SnapshotError(f"{where}: the memory file passed is not a regular file")

@@ -104,14 +104,17 @@ def restore_vcpu(vcpu: Vcpu, state: dict, tsc_advance_ns: int = 0) -> list[int]:
     return restore_vcpu_msrs_and_events(vcpu, state, tsc_advance_ns)
 
 
-def restore_vcpu_registers(vcpu: Vcpu, state: dict) -> None:
-    """CPUID2 .. LAPIC: nothing here reads guest RAM, so it may run while KVM still registers it."""
+def restore_vcpu_registers(vcpu: Vcpu, state: dict, cpuid_set: str | None = None) -> None:
+    """CPUID2 .. LAPIC: nothing here reads guest RAM, so it may run while KVM still registers it.
+    `cpuid_set`: the CPUID already set in this vCPU (packed; a warm VMM sets its shape's ahead),
+    whose SET_CPUID2 is skipped when the snapshot's is the same."""
+    import binascii
     step = "cpuid"
     try:
-        import binascii
-        raw = binascii.a2b_base64(state["cpuid"])
-        nent = int.from_bytes(raw[:4], "little")
-        vcpu.set_cpuid2(from_raw(s.kvm_cpuid2(nent), raw))
+        if state["cpuid"] != cpuid_set:
+            raw = binascii.a2b_base64(state["cpuid"])
+            nent = int.from_bytes(raw[:4], "little")
+            vcpu.set_cpuid2(from_raw(s.kvm_cpuid2(nent), raw))
         step = "mp_state"
         vcpu.set_mp_state(int(state["mp_state"]))
         step = "sregs"

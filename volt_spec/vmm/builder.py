@@ -17,6 +17,7 @@ from ..kvm import structs as s
 from ..kvm.vcpu import KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED
 from .config import VmmConfig, host_memory_mib
 from .machine import Machine
+from .vmgenid import write_new_id
 
 MSR_IA32_MISC_ENABLE = 0x1A0
 MISC_ENABLE_FAST_STRING = 1
@@ -49,6 +50,7 @@ def build(kvm, config: VmmConfig) -> Machine:
         for addr, data in plan.writes:
             machine.memory.write(addr, data)
         machine.memory.write(acpi.base, acpi.blob)
+        write_new_id(machine)
         set_boot_vcpus(machine, plan)
         machine.boot_protocol = plan.protocol
         attach_policy(machine, config.policy)

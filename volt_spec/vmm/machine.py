@@ -84,6 +84,8 @@ class Machine:
         self.run_entered_ns: list[int] = [0] * config.vcpus   # perf_counter_ns of each vCPU's first KVM_RUN
         self.all_running = Flag()                         # set by the last vCPU thread to get there
         self._go: Flag | None = None                      # what prestarted vCPU threads wait for
+        self.cpuid_set: list[str] | None = None           # each vCPU's CPUID set ahead (packed; warm.py)
+        self.generation_id = b""                          # the VM generation ID the guest sees (vmgenid.py)
         self.timing: dict | None = None                   # a warm load's stamps (vmm/warm.py)
         self.threads: list[Worker] = []
         self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)

@@ -7,8 +7,8 @@ memory checksum, state.json and the fsyncs, and the rename that makes it visible
 
 Restore (the builder has mapped the memory and created the VM): while the memory-slot thread
 registers guest RAM, everything that does not name it (vCPU registers, legacy devices); then MSRs
-(kvmclock and async PF point into RAM) and events, the VM-wide irqchip, PIT and clock, and the
-virtio transports.
+(kvmclock and async PF point into RAM) and events, the VM-wide irqchip, PIT and clock, a new VM
+generation ID and its interrupt (vmgenid.py), and the virtio transports.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import time
 
 from ..snapshot.format import SnapshotError
+from . import vmgenid
 from .config import BootSourceConfig, MachineConfig
 
 _msr_indices: list[int] | None = None     # KVM_GET_MSR_INDEX_LIST: the host's, asked once
@@ -40,8 +41,9 @@ def restore(machine, state: dict, clock_mode: str = "continue") -> list[int]:
     refused: list[int] = []
     try:
         machine.create_vcpus()
-        for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
-            restore_vcpu_registers(vcpu, vstate)
+        preset = machine.cpuid_set or [None] * len(machine.vcpus)
+        for vcpu, vstate, cpuid in zip(machine.vcpus, state["vcpus"], preset):
+            restore_vcpu_registers(vcpu, vstate, cpuid)
         machine.devices.restore(state.get("devices", {}))
         machine.wait_memory()
         advance = elapsed_ns(state["vm"], clock_mode)
@@ -49,6 +51,8 @@ def restore(machine, state: dict, clock_mode: str = "continue") -> list[int]:
         for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
             refused += restore_vcpu_msrs_and_events(vcpu, vstate, advance)
         restore_vm(machine.vm, state["vm"], advance, tsc_set_at)
+        vmgenid.write_new_id(machine)          # a new generation: every restore, every clone
+        vmgenid.notify(machine)
     except VcpuStateError as e:
         raise SnapshotError(str(e)) from None
     except (OSError, KeyError, ValueError) as e:

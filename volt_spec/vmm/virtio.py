@@ -127,6 +127,8 @@ class VirtioDevices:
         index = len(self.slots)
         addr = layout.VIRTIO_MMIO_BASE + index * layout.VIRTIO_MMIO_SIZE
         gsi = layout.VIRTIO_IRQ_BASE + index
+        if gsi >= layout.GED_GSI:
+            raise VirtioError(f"at most {layout.GED_GSI - layout.VIRTIO_IRQ_BASE} virtio devices (one IOAPIC pin each)")
         vm = self.vm
         irq = EventfdIrq(vm, gsi) if self.use_irqfd else LineIrq(vm, gsi)
         transport = VirtioMmio(model, self.memory, irq)

@@ -1,5 +1,6 @@
 /*
- * acpi.c - the few ACPI facts the guest needs: CPUs (MADT) and power-off (FADT, \_S5).
+ * acpi.c - the few ACPI facts the guest needs: CPUs (MADT), power-off (FADT, \_S5) and where
+ * the VM generation ID lives (the DSDT's VGEN device's ADDR package).
  *
  * Table checksums are not verified: each byte read in ring 0 costs
  * microseconds on PVM, and the VMM/firmware that wrote them is trusted.
@@ -158,6 +159,43 @@ static u32 s5_slp_typ(void)
         return p[0];                /* ZeroOp (0) / OneOp (1) */
     }
     return DEFAULT_S5_SLP_TYP;
+}
+
+/* An AML integer at p (ZeroOp, OneOp, Byte/Word/DWord/QWord constant); *len gets its size. */
+static u64 aml_integer(const u8 *p, u32 *len)
+{
+    u32 size = p[0] == 0x0a ? 1 : p[0] == 0x0b ? 2 : p[0] == 0x0c ? 4 : p[0] == 0x0e ? 8 : 0;
+    u64 v = size ? 0 : (p[0] == 0x01);
+    for (u32 i = 0; i < size; i++)
+        v |= (u64)p[1 + i] << (8 * i);
+    *len = 1 + size;
+    return v;
+}
+
+/* The guest-physical address of the 16-byte VM generation ID: the DSDT's "ADDR" package of two
+ * integers (low, high dword) when a "VMGENCTR" device is there, else 0. */
+u64 acpi_vmgenid_addr(void)
+{
+    const u8 *aml = (const u8 *)platform.dsdt;
+    if (!aml)
+        return 0;
+    u32 len = ((const struct sdt_header *)aml)->length;
+    int found = 0;
+    for (u32 i = sizeof(struct sdt_header); i + 8 < len && !found; i++)
+        found = sig_is(aml + i, "VMGE") && sig_is(aml + i + 4, "NCTR");
+    for (u32 i = sizeof(struct sdt_header); found && i + 24 < len; i++) {
+        if (!sig_is(aml + i, "ADDR") || aml[i + 4] != AML_PACKAGE_OP)
+            continue;
+        const u8 *p = aml + i + 5;
+        p += 1 + (p[0] >> 6);       /* PkgLength */
+        if (*p++ != 2)              /* NumElements */
+            return 0;
+        u32 n;
+        u64 low = aml_integer(p, &n);
+        u64 high = aml_integer(p + n, &n);
+        return (low & 0xffffffffu) | (high << 32);
+    }
+    return 0;
 }
 
 static int poweroff_started;

@@ -123,6 +123,7 @@ struct platform {
 };
 extern struct platform platform;
 void acpi_init(u64 rsdp_paddr);
+u64 acpi_vmgenid_addr(void);
 __attribute__((noreturn)) void acpi_poweroff(void);
 
 /* apic.c */

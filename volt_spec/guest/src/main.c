@@ -42,6 +42,7 @@ struct config {
     u64 mem_mib;
     int poweroff;
     int io;             /* volt.blk= or volt.net= given: ring 3 drives virtio devices */
+    int vmgenid;        /* volt.vmgenid: print the VM generation ID at boot and whenever it changes */
 };
 
 static struct config cfg = { .tick_ms = 1000 };
@@ -112,6 +113,7 @@ static const char key_poweroff[16] = "volt.poweroff";
 static const char key_blk[16] = "volt.blk=";
 static const char key_net[16] = "volt.net=";
 static const char key_cpuid[16] = "volt.cpuid";
+static const char key_vmgenid[16] = "volt.vmgenid";
 
 static void parse_cmdline(const char *s)
 {
@@ -132,6 +134,8 @@ static void parse_cmdline(const char *s)
             cfg.mem_mib = parse_dec(s + 9, end);
         } else if (n == 13 && has_prefix(s, n, key_poweroff, 13)) {
             cfg.poweroff = 1;
+        } else if (n == 12 && has_prefix(s, n, key_vmgenid, 12)) {
+            cfg.vmgenid = 1;
         } else if (has_prefix(s, n, key_blk, 9) || has_prefix(s, n, key_net, 9) ||
                    (n == 10 && has_prefix(s, n, key_cpuid, 10))) {
             cfg.io = 1;     /* ring 3 has work: the rest of these words are parsed there */
@@ -180,10 +184,37 @@ static void arm_next_tick(void)
     apic_arm_deadline(rdtsc() + tick_period_tsc);
 }
 
+static u64 vmgenid_addr;
+static u64 vmgenid_seen[2];
+static int vmgenid_printed;
+
+/* "vmgenid <32 hex digits>" (the ID's bytes in order) when it differs from the one last printed:
+ * a restore gives every clone a new one (the VMM writes it before the guest runs again). */
+static void report_vmgenid(void)
+{
+    if (!vmgenid_addr)
+        return;
+    const volatile u64 *id = (const volatile u64 *)vmgenid_addr;
+    u64 a = id[0], b = id[1];
+    if (vmgenid_printed && a == vmgenid_seen[0] && b == vmgenid_seen[1])
+        return;
+    vmgenid_printed = 1;
+    vmgenid_seen[0] = a;
+    vmgenid_seen[1] = b;
+    struct line l;
+    l.len = 0;
+    line_str(&l, "vmgenid ");
+    for (int i = 0; i < 16; i++)
+        line_hex(&l, ((i < 8 ? a : b) >> (8 * (i % 8))) & 0xff, 2);
+    line_emit(&l);
+}
+
 static void on_timer(void)
 {
     if (!ticking)
         return;
+    if (cfg.vmgenid)
+        report_vmgenid();
     tick_count++;
     struct line l;
     l.len = 0;
@@ -397,6 +428,13 @@ void kmain(u32 start_info_paddr)
     line_dec(&l, platform.mem_mib);
     line_emit(&l);
 
+    if (cfg.vmgenid) {
+        vmgenid_addr = acpi_vmgenid_addr();
+        if (vmgenid_addr)
+            report_vmgenid();
+        else
+            print("vmgenid none");
+    }
     if (poweroff_when_idle() && !cfg.io)
         acpi_poweroff();
     if (cfg.ticks_given) {
