@@ -135,3 +135,24 @@ def test_apply_never_runs_a_guest_on_memory_that_changed(volt, tmp_path):
     assert "restore of warm refused" in r.stderr and "does not match the checksum" in r.stderr, r.stderr
     assert volt.state("e")["booted_from"] == "cold"
     assert "INVALID" in volt("snapshots", "verify", "warm", check=1).stdout
+
+
+def test_a_snapshot_id_is_found_across_vms_and_must_be_unique(volt, tmp_path):
+    """`restore: ID` looks in the VM's own snapshots, then across every VM's (a snapshot of another
+    VM of the same machine shape); an id two VMs have is refused until written VM/ID."""
+    for name in ("src", "other"):
+        volt("apply", write(tmp_path / f"{name}.yaml", spec_text(name)))
+        volt.wait_log(name, "tick 2 ")
+    snap = json.loads(volt("snapshot", "src", "--name", "golden-1", "-o", "json").stdout)
+    dst = write(tmp_path / "dst.yaml", spec_text("dst") + "  snapshots: {restore: golden-1}\n")
+    out = volt("apply", dst).stdout
+    assert out.startswith(f"vm/dst restored from {snap['id']}"), out
+    assert volt.wait_state("dst", "running")["booted_from"] == f"snapshot {snap['id']}"
+
+    volt("snapshot", "other", "--name", "golden-1")
+    amb = write(tmp_path / "amb.yaml", spec_text("amb") + "  snapshots: {restore: golden-1}\n")
+    r = volt("apply", amb, check=1)
+    assert "snapshot id golden-1 is ambiguous: other, src each have one; name one as VM/golden-1" in r.stdout, r.stdout
+    assert volt("status", "-o", "json").stdout.count('"amb"') == 0
+    write(tmp_path / "amb.yaml", spec_text("amb") + "  snapshots: {restore: other/golden-1}\n")
+    assert volt("apply", amb).stdout.startswith("vm/amb restored from golden-1")

@@ -57,6 +57,11 @@ spec:
 """
 
 
+def generation_ids(text: str) -> set[str]:
+    """The VM generation IDs the guest printed (read through /dev/mem at VGEN's ADDR)."""
+    return set(re.findall(r"^vmgenid ([0-9a-f]{32})$", text, re.M))
+
+
 def counters(text: str) -> list[tuple[int, float]]:
     return [(int(m.group(1)), float(m.group(2))) for m in COUNTER.finditer(text)]
 
@@ -88,6 +93,7 @@ def lab(files, tmp_path_factory):
             assert volt("apply", str(spec)).stdout.startswith("vm/lx created")
             log = volt.wait_log("lx", READY_MARKER, timeout=BOOT_S)
             assert f"net-ok {HOST_IP}" in log and "root-ok /dev/vda ro" in log, log
+            assert "vmgenid-driver VMGENCTR" in log, log        # Linux's driver bound to our VGEN
             (payload,) = sums(log, "data-sum")
             wait_snapshots(volt, lambda rows: any(r["trigger"] == "ready" for r in rows), "the ready snapshot")
             wait_counter(volt, "lx", 10)
@@ -159,6 +165,11 @@ def test_volt_restores_a_running_linux_snapshot_and_it_continues(lab):
     assert applied.stdout.startswith(f"vm/lx restored from {lab['snapshot']['id']}"), (applied.stdout, applied.stderr)
     assert_continues(volt, "lx", lab["before"], lab["payload"], since=since)
     assert volt.state("lx")["state"] == "running"
+    restored = volt.log("lx")[since:]
+    # The GED's interrupt made Linux notify VGEN: its driver read the new ID and reseeded the RNG.
+    assert "crng reseeded due to virtual machine fork" in restored, restored[-3000:]
+    before, after = generation_ids(lab["before"]), generation_ids(restored)
+    assert before and after and not before & after, (before, after)
 
 
 def test_stop_trigger_snapshot_restores_and_continues(lab):
@@ -195,6 +206,8 @@ def test_two_clones_of_one_snapshot_run_side_by_side(lab, tmp_path):
                 clone.wait_for(rf"^disk-sum {lab['payload']}$", timeout=60)
                 clone.wait_for(r"^ping-ok", timeout=60)
                 clone.wait_for_value(r"^counter (\d+) ", first + 2 * 25, timeout=60)
+            ids = [generation_ids("\n".join(clone.lines)) for clone in (a, b)]
+            assert all(ids) and not ids[0] & ids[1] and not (ids[0] | ids[1]) & generation_ids(before), ids
             for clone in (a, b):
                 text = "\n".join(clone.lines)
                 assert not BAD.search(text), BAD.search(text).group(0)

@@ -52,9 +52,33 @@ def os_error(e: OSError) -> str:
     return f"{e.strerror or e}{where}"
 
 
+PREOPEN_DIR_ENV = "VOLT_PREOPEN_DIR"        # a directory whose files the jail opened for this VMM
+PREOPEN_FDS_ENV = "VOLT_PREOPEN_FDS"        # "name=fd,...": those files (jail/enter.py)
+_preopened: dict[str, int] | None = None
+
+
+def preopened_fd(path: str | os.PathLike) -> int | None:
+    """A dup of the fd the jail opened for `path`, if it is a file of the pre-opened directory
+    (another VM's snapshot: its uid's files, which this VMM's uid may not open itself)."""
+    global _preopened
+    if _preopened is None:
+        folder, _preopened = os.environ.get(PREOPEN_DIR_ENV), {}
+        for item in os.environ.get(PREOPEN_FDS_ENV, "").split(",") if folder else ():
+            name, _, fd = item.partition("=")
+            if fd.isdigit():
+                os.set_inheritable(int(fd), False)
+                _preopened[os.path.join(folder, name)] = int(fd)
+    fd = _preopened.get(os.path.normpath(os.fspath(path))) if _preopened else None
+    return None if fd is None else os.dup(fd)
+
+
 def open_regular(path: str | os.PathLike, follow: bool = False) -> int:
     """An O_RDONLY fd of `path` if it is a regular file. Never blocks (O_NONBLOCK: a FIFO planted
-    where a file should be would hang the open) and, unless `follow`, refuses a symlink."""
+    where a file should be would hang the open) and, unless `follow`, refuses a symlink. A file
+    the jail opened for this VMM (preopened_fd) is that fd, not opened again."""
+    fd = preopened_fd(path)
+    if fd is not None:
+        return fd
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)

@@ -9,7 +9,9 @@ Two inits, both run by a real Debian kernel on hardware-KVM hosts:
   stays in the initramfs without one; then `volt-init` (the same script on the root disk, made
   by `make_root_disk`) writes a payload to the data disk, pings the host, prints READY_MARKER
   and a counter with the guest's uptime every 200 ms, re-reading the disk (page cache dropped)
-  and pinging every 25 counts: what snapshot, restore and clone tests watch continue.
+  and pinging every 25 counts: what snapshot, restore and clone tests watch continue. It also says
+  whether Linux's vmgenid driver bound to the DSDT's VGEN and prints the generation ID (read
+  through /dev/mem) at READY and every 25 counts.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import gzip
 import subprocess
 from pathlib import Path
+
+from .. import layout
 
 INIT_MARKER = "VOLT-LINUX-INIT"
 DISK_MARKER = "volt-disk-marker-7f3a"
@@ -44,6 +48,7 @@ $B poweroff -f
 READY_MARKER = "VOLT-LINUX-READY"
 PAYLOAD_BLOCKS = 16                     # x 64 KiB of random data written once to the data disk
 CHECK_EVERY = 25                        # counts between disk re-reads and pings
+VMGENID_BLOCK = layout.VMGENID_ADDR // 16   # the generation ID, read through /dev/mem in 16-byte blocks
 
 # Stage 1 of the workload: modules, then the root disk if the command line names one.
 WORKLOAD_INIT = """#!/bin/busybox sh
@@ -87,6 +92,9 @@ if $B ip link set eth0 up 2>/dev/null; then
   net=1; $B ip addr add {GUEST_IP}/24 dev eth0
   if $B ping -c 1 -W 5 {HOST_IP} >/dev/null; then $B echo "net-ok {HOST_IP}"; else $B echo "net-FAIL"; fi
 fi
+$B echo "vmgenid-driver $($B ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | $B grep VMGENCTR)"
+vmgenid() {{ $B echo "vmgenid $($B dd if=/dev/mem bs=16 skip={VMGENID_BLOCK} count=1 2>/dev/null | $B od -An -tx1 | $B tr -d ' \\n')"; }}
+vmgenid
 $B echo "{READY_MARKER} cpus=$($B nproc)"
 n=0
 while :; do
@@ -94,6 +102,7 @@ while :; do
   read up idle < /proc/uptime
   $B echo "counter $n uptime=$up"
   if [ $((n % {CHECK_EVERY})) -eq 0 ]; then
+    vmgenid
     if [ -n "$data" ]; then
       $B echo 3 > /proc/sys/vm/drop_caches
       $B echo "disk-sum $($B sha256sum /data/payload | $B cut -c1-64)"

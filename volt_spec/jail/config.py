@@ -40,6 +40,7 @@ class JailConfig:
     owned: list[str] = field(default_factory=list)  # host directories given to the jail's uid (state)
     limits: Limits | None = None
     nofile: int = 4096
+    preopen: str | None = None      # a directory (another VM's snapshot) whose files the VMM gets as fds
 
     def dump(self, path: str) -> None:
         from ..fsutil import atomic_write

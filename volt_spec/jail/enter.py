@@ -28,6 +28,7 @@ OLD_ROOT = ".old-root"
 LIB_LINKS = ("/lib", "/lib64", "/lib32", "/libx32")
 KVM_FD_ENV = "VOLT_KVM_FD"
 TAP_FDS_ENV = "VOLT_TAP_FDS"
+from ..fsutil import PREOPEN_DIR_ENV, PREOPEN_FDS_ENV  # noqa: E402  (the VMM reads them there)
 
 
 class JailError(RuntimeError):
@@ -82,6 +83,10 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     env[KVM_FD_ENV] = str(kvm_fd)
     if tap_fds:
         env[TAP_FDS_ENV] = ",".join(f"{name}={tap.fileno()}" for name, tap in tap_fds.items())
+    files = preopened(config.preopen)
+    if files:
+        env[PREOPEN_DIR_ENV] = config.preopen
+        env[PREOPEN_FDS_ENV] = ",".join(f"{name}={fd}" for name, fd in files.items())
     # The next child starts a pid namespace (it is pid 1 there, its Popen pid its host pid); then
     # the caller goes back to its own for later children, or it could not start threads again.
     go_r, go_w = os.pipe()
@@ -89,17 +94,35 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     libc.unshare(libc.CLONE_NEWPID)
     try:
-        proc = subprocess.Popen(cmd, env=env, pass_fds=(kvm_fd, go_r, *(t.fileno() for t in tap_fds.values())),
+        proc = subprocess.Popen(cmd, env=env, pass_fds=(kvm_fd, go_r, *(t.fileno() for t in tap_fds.values()),
+                                                        *files.values()),
                                 preexec_fn=lambda: _child(config), **popen)
     finally:
         libc.setns(own_pid_ns, libc.CLONE_NEWPID)
-        for fd in (own_pid_ns, kvm_fd, go_r):
+        for fd in (own_pid_ns, kvm_fd, go_r, *files.values()):
             os.close(fd)
         for tap in tap_fds.values():
             tap.close()
     _place(proc, dirs, go_w)
     return proc, {"uid": config.uid, "gid": config.gid, "pid": 1, "cgroup": sorted(set(dirs.values())),
                   "root": config.root}
+
+
+def preopened(folder: str | None) -> dict[str, int]:
+    """The regular files directly in `folder` (another VM's snapshot, owned by that VM's uid),
+    opened read-only here, as root, for a VMM whose uid may not read them (fsutil.open_regular
+    hands it these instead of opening the path)."""
+    if folder is None:
+        return {}
+    from ..fsutil import NotRegularFile, open_regular
+    out: dict[str, int] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith(".") and "," not in name and "=" not in name:
+            try:
+                out[name] = open_regular(os.path.join(folder, name))
+            except (NotRegularFile, OSError):
+                pass                        # a directory, a symlink: nothing a restore reads
+    return out
 
 
 def _place(proc: subprocess.Popen, dirs: dict[str, str], go_w: int) -> None:

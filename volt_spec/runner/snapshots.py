@@ -118,10 +118,10 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
         return None, ""
     folder = vm_dir.snapshots
     if want != "latest":
-        path = folder / snapshot_id(want)
-        if not path.is_dir() or path.is_symlink():
-            return None, f"snapshot {want} not found"
-        candidates = [read(path, vm_dir.name)]
+        path, owner, why_not = locate(vm_dir, want)
+        if path is None:
+            return None, why_not
+        candidates = [read(path, owner)]
     else:
         candidates = sorted((read(p, vm_dir.name) for p in snapshot_dirs(folder)),
                             key=lambda s: (s.created, s.id), reverse=True)
@@ -138,6 +138,32 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
         except (SnapshotError, OSError, KeyError, ValueError) as e:
             reasons.append(f"{snap.id}: {e}")
     return None, ("; ".join(reasons[:2]) if reasons else "")
+
+
+def locate(vm_dir: VmDir, want: str) -> tuple[Path | None, str, str]:
+    """The snapshot a spec names by id: (its directory, the VM that took it, why not found). An id
+    is looked up in the VM's own snapshots first, then must be unique across the catalogue (a
+    snapshot of another VM of the same machine shape); `vm/id` names one VM's."""
+    cat = catalogue(vm_dir.home)
+    owner, _, snap = want.rpartition("/")
+    snapshot_id(snap)
+    if owner:
+        path = cat.path(owner, snap)
+        return (path, owner, "") if _is_snapshot(path) else (None, "", f"snapshot {want} not found")
+    own = vm_dir.snapshots / snap
+    if _is_snapshot(own):
+        return own, vm_dir.name, ""
+    owners = [vm for vm in cat.vms() if _is_snapshot(cat.path(vm, snap))]
+    if len(owners) > 1:
+        return None, "", (f"snapshot id {snap} is ambiguous: {', '.join(sorted(owners))} each have one; "
+                          f"name one as VM/{snap}")
+    if not owners:
+        return None, "", f"snapshot {want} not found"
+    return cat.path(owners[0], snap), owners[0], ""
+
+
+def _is_snapshot(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def delete(path: Path) -> None:

@@ -56,14 +56,15 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     files = [vm["kernel"], *([vm["initrd"]] if vm.get("initrd") else [])]
     ro = python_paths() + files + ["/sys/module"] + [d["path"] for d in disks if d.get("readOnly")]
     rw = [str(vm_dir.run), str(vm_dir.snapshots)] + [d["path"] for d in disks if not d.get("readOnly")]
-    if restore_from is not None and not str(restore_from).startswith(str(vm_dir.snapshots) + "/"):
+    foreign = restore_from is not None and not str(restore_from).startswith(str(vm_dir.snapshots) + "/")
+    if foreign:                           # another VM's snapshot: visible, and its files passed as fds
         ro.append(str(restore_from))
     res = vm.get("resources") or {}
     limits = Limits(memory_bytes=int(res.get("memory_bytes", default_memory_limit(vm["memory_mib"] << 20))),
                     cpu_quota=float(res.get("cpus", vm["vcpus"])), pids=int(res.get("pids", 256)))
     return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
                       ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
-                      limits=limits)
+                      limits=limits, preopen=str(restore_from) if foreign else None)
 
 
 @contextmanager
