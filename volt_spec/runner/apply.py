@@ -72,7 +72,7 @@ def applied_record(spec, vm: dict, owner, commit: str | None) -> dict:
     return {"name": spec.name, "source": spec.source, "owner": owner.to_dict(), "commit": commit,
             "source_sha256": file_sha256(spec.source),
             "document": spec.document, "spec_hash": spec.spec_hash(), "machine_hash": spec.machine_hash(),
-            "running": spec.running, "restart_policy": spec.restart_policy, "labels": dict(spec.labels),
+            "shape_hash": spec.shape_hash(), "running": spec.running, "restart_policy": spec.restart_policy, "labels": dict(spec.labels),
             "vm": vm, "snapshots": spec.snapshots, "applied_at": time.time()}
 
 

@@ -85,7 +85,8 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual", expire
     if dest.exists():
         raise SnapshotCommandError(f"snapshot {snap_id} already exists for vm/{vm_dir.name}")
     meta = {"id": snap_id, "vm": vm_dir.name, "trigger": trigger,
-            "machine_hash": applied.get("machine_hash"), "spec": applied.get("document")}
+            "machine_hash": applied.get("machine_hash"), "shape_hash": applied.get("shape_hash"),
+            "spec": applied.get("document")}
     if expire:
         meta["expire"] = True
     try:
@@ -130,7 +131,7 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
         try:
             if snap.state is None:
                 raise SnapshotError(snap.reason)
-            if snap.meta.get("machine_hash") != spec.machine_hash():
+            if not fits(snap, vm_dir.name, spec):
                 raise SnapshotError("taken from a different machine shape (memory, vCPUs, kernel or devices)")
             check_compatible(snap.state, snap.id)
             check_memory_file(snap)
@@ -138,6 +139,14 @@ def pick_restore(vm_dir: VmDir, spec) -> tuple[Path | None, str]:
         except (SnapshotError, OSError, KeyError, ValueError) as e:
             reasons.append(f"{snap.id}: {e}")
     return None, ("; ".join(reasons[:2]) if reasons else "")
+
+
+def fits(snap, vm: str, spec) -> bool:
+    """A VM's own snapshot fits its machine exactly (machine hash); another VM's, its shape (what
+    the guest sees: disk paths, taps and MACs are this VM's own)."""
+    if snap.vm == vm:
+        return snap.meta.get("machine_hash") == spec.machine_hash()
+    return snap.meta.get("shape_hash") is not None and snap.meta.get("shape_hash") == spec.shape_hash()
 
 
 def locate(vm_dir: VmDir, want: str) -> tuple[Path | None, str, str]:

@@ -44,6 +44,7 @@ def policy_config(applied: dict, vm_dir: VmDir) -> PolicyConfig:
     retain = snaps.get("retain") or {}
     max_age = retain.get("maxAge")
     return PolicyConfig(vm=vm_dir.name, snapshot_dir=str(vm_dir.snapshots), machine_hash=applied.get("machine_hash"),
+                        shape_hash=applied.get("shape_hash"),
                         spec=applied.get("document"), clock=snaps.get("clock", "continue"), triggers=triggers,
                         retain=RetainConfig(retain.get("count"), duration_seconds(max_age) if max_age else None))
 

@@ -103,6 +103,17 @@ class VmSpec:
         }
         return hashlib.sha256(canonical_json(machine)).hexdigest()
 
+    def shape_hash(self) -> str:
+        """sha256 over the machine as its guest sees it: the machine hash without what binds it to
+        a host (disk paths, taps, MACs, kernel paths: their contents count). A snapshot of one VM
+        fits another VM of the same shape (restore: OTHER/ID, replicas)."""
+        devices = {"disks": [{k: d[k] for k in ("name", "readOnly", "root")} for d in self.devices["disks"]],
+                   "network": [n["name"] for n in self.devices["network"]],
+                   "virtioAnnounce": self.devices["virtioAnnounce"]}
+        shape = {"kernel": content_hash(self.kernel), "initrd": content_hash(self.initrd), "cmdline": self.cmdline,
+                 "boot": self.boot, "vcpus": self.vcpus, "memory_mib": self.memory_mib, "devices": devices}
+        return hashlib.sha256(canonical_json(shape)).hexdigest()
+
     def spec_hash(self) -> str:
         """sha256 over the canonical document and the machine hash."""
         return hashlib.sha256(canonical_json([self.document, self.machine_hash()])).hexdigest()

@@ -147,7 +147,8 @@ class PolicyEngine:
         from . import persist
         snap_id = new_id(self.vm)
         meta = {"id": snap_id, "vm": self.vm, "trigger": trigger,
-                "machine_hash": self.policy.machine_hash, "spec": self.policy.spec}
+                "machine_hash": self.policy.machine_hash, "shape_hash": self.policy.shape_hash,
+                "spec": self.policy.spec}
         try:
             with self.machine.snapshot_lock:
                 result = persist.save(self.machine, os.path.join(self.dir, snap_id), meta)

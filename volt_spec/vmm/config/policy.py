@@ -63,13 +63,14 @@ class RetainConfig(Section):
 
 
 class PolicyConfig(Section):
-    __slots__ = ("vm", "snapshot_dir", "machine_hash", "spec", "clock", "triggers", "retain")
+    __slots__ = ("vm", "snapshot_dir", "machine_hash", "spec", "clock", "triggers", "retain", "shape_hash")
 
     def __init__(self, vm: str = "vm", snapshot_dir: str | None = None, machine_hash: str | None = None,
                  spec: dict | None = None, clock: str = "continue", triggers: list | None = None,
-                 retain: RetainConfig | None = None) -> None:
+                 retain: RetainConfig | None = None, shape_hash: str | None = None) -> None:
         self.vm, self.snapshot_dir, self.machine_hash, self.spec = vm, snapshot_dir, machine_hash, spec
         self.clock, self.triggers, self.retain = clock, triggers or [], retain or RetainConfig()
+        self.shape_hash = shape_hash
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy") -> "PolicyConfig":
@@ -81,7 +82,8 @@ class PolicyConfig(Section):
                     for i, t in enumerate(r.items("triggers", f"{where}.triggers"))]
         return cls(device_name(r.get("vm", "vm"), f"{where}.vm"), r.optional_text("snapshot_dir"),
                    r.optional_text("machine_hash"), spec, r.choice("clock", ("continue", "realtime"), "continue"),
-                   triggers, RetainConfig.from_dict(r.get("retain", {}), f"{where}.retain"))
+                   triggers, RetainConfig.from_dict(r.get("retain", {}), f"{where}.retain"),
+                   r.optional_text("shape_hash"))
 
     def to_dict(self) -> dict:
         return dict(super().to_dict(), triggers=[t.to_dict() for t in self.triggers], retain=self.retain.to_dict())
