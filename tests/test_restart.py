@@ -44,3 +44,43 @@ def test_an_end_is_counted_once_and_a_long_run_starts_over(tmp_path):
     assert (again.restarts, again.next_at, again.generation) == (0, 900.0, "g4")
     (vm.path / "restarts.json").write_text("{\"restarts\": \"x\"}")
     assert Backoff.load(vm).restarts == 0
+
+
+def test_an_agent_waits_for_the_exit_record_before_it_restarts_a_vm(tmp_path):
+    """The VMM is gone but its supervisor still writes the record: hold this pass (a restart now
+    would go uncounted and skip the back-off); with the supervisor gone too it is a failure."""
+    import io
+    import json
+    import os
+    import subprocess
+    import time
+
+    from volt_spec.runner import apply as ap
+    from volt_spec.runner.agent import Agent
+    from volt_spec.runner.agentstate import EventLog
+    from volt_spec.runner.gitsource import Source
+    from volt_spec.runner.home import VmDir
+    from volt_spec.runner.procs import start_ticks
+    from volt_spec.schema.model import build_spec
+
+    home = tmp_path / "home"
+    spec = build_spec(str(tmp_path / "a.yaml"), {"apiVersion": "volt/v1", "kind": "VirtualMachine",
+                                                 "metadata": {"name": "a"},
+                                                 "spec": {"kernel": {"path": "builtin:testguest"}}})
+    vm_dir = VmDir(home, "a")
+    vm_dir.ensure()
+    vm_dir.applied.write_text(json.dumps({"machine_hash": spec.machine_hash(), "running": True}))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = {"supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid())}
+    gone = {"supervisor_pid": dead.pid, "supervisor_start": 1}
+    agent = Agent(Source(str(tmp_path), home / "cache"), home, 30.0, EventLog(io.StringIO()))
+    for supervisor in (live, gone):
+        vm_dir.instance.write_text(json.dumps({"generation": "g1", "vmm_pid": dead.pid, "vmm_start": 1,
+                                               "started_at": time.time() - 60, **supervisor}))
+        held = agent.held(spec)
+        if supervisor is live:
+            assert held is not None and held.action == ap.UNCHANGED and "writing the record" in held.detail
+        else:
+            assert held is None                               # restart it, counted
+    assert json.loads((vm_dir.path / "restarts.json").read_text())["restarts"] == 1

@@ -234,7 +234,10 @@ class ApiServer:
                 if request is None:
                     return False
                 reply, keep = self._answer(request)
-                conn.send(reply)
+                try:
+                    conn.send(reply)
+                finally:
+                    self._replied()
                 if not keep:
                     return False
                 if not conn.buf:
@@ -256,6 +259,13 @@ class ApiServer:
             return response(status, payload, close=not keep, allow=allow), keep
         except (TypeError, ValueError) as e:  # the handler returned something not JSON
             return response(500, {"fault_message": f"unserializable reply: {e}"}, close=not keep), keep
+
+    def _replied(self) -> None:
+        """Tell a handler that wants to know (`after_reply`) that a reply has gone out: a warm
+        VMM whose load failed ends only once its client has the reason."""
+        hook = getattr(self.handler, "after_reply", None)
+        if hook is not None:
+            hook()
 
     def dispatch(self, method: str, path: str, body: bytes, fds: tuple = (),
                  arrived_ns: int = 0) -> routes.Reply:

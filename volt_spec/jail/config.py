@@ -14,11 +14,13 @@ DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
 
 def default_memory_limit(guest_bytes: int) -> int:
-    """The VMM's cgroup memory limit by default: guest RAM, as much again for the memory file a
+    """The VMM's cgroup memory limit by default: guest RAM; as much again for the memory file a
     snapshot writes (page cache, and all of it on a tmpfs, is charged to the writer's cgroup: at
-    guest + 256 MiB the kernel OOM-killed a VMM writing 384 MiB of guest data to a tmpfs), and
-    256 MiB for the VMM itself."""
-    return 2 * guest_bytes + (256 << 20)
+    guest + 256 MiB the kernel OOM-killed a VMM writing 384 MiB of guest data to a tmpfs); as much
+    again for the pages the running guest copies on write while the forked writer holds the old
+    ones (at 2 x guest + 256 MiB the hardware lane OOM-killed a VMM snapshotting 384 MiB of a guest
+    rewriting its memory); and 256 MiB for the VMM itself."""
+    return 3 * guest_bytes + (256 << 20)
 
 
 @dataclass

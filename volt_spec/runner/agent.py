@@ -143,6 +143,11 @@ class Agent:
         if applied is None or applied.get("machine_hash") != spec.machine_hash() or not spec.running:
             return None
         obs = observe(vm_dir)
+        if obs["state"] == FAILED and obs.get("ended_by") is None:      # its VMM is gone, no exit record
+            inst = vm_dir.read_instance() or {}
+            if is_alive(inst.get("supervisor_pid"), inst.get("supervisor_start")):
+                return ap.Result(spec.name, ap.UNCHANGED, "its VMM ended; its supervisor is writing the record")
+            obs = dict(obs, ended_by="failure", started_at=inst.get("started_at"), ended_at=time.time())
         if obs["state"] not in (FAILED, STOPPED) or obs.get("ended_by") not in ("guest", "failure"):
             return None
         policy = spec.restart_policy

@@ -172,9 +172,14 @@ class WarmApi:
         self.started.set()
 
     def _spend(self, reason: str) -> None:
+        """A failed load after the memory was mapped: this VMM ends, once the reply is sent."""
         self.spent = reason
         self.machine.request_exit(status.VMM_ERROR, f"warm VMM spent: {reason}")
-        self.started.set()
+
+    def after_reply(self) -> None:
+        """The server sent a reply: if it said the load failed for good, main() may now exit."""
+        if self.spent:
+            self.started.set()
 
 
 def load_options(body: dict, fds: tuple) -> dict:
