@@ -80,10 +80,11 @@ def test_a_target_with_a_slash_is_a_spec_path_and_nothing_outside_is_touched(pla
 
 def test_names_match_the_schema_rules():
     """One rule everywhere: names.py holds the schema's patterns."""
-    from volt_spec.names import SNAPSHOT_ID, VM_NAME
+    from volt_spec.names import SNAPSHOT_REF, VM_NAME
     from volt_spec.schema import schema_text
     text = schema_text()
-    assert json.dumps(VM_NAME.pattern) in text and json.dumps(SNAPSHOT_ID.pattern) in text
+    assert json.dumps(VM_NAME.pattern) in text and json.dumps(SNAPSHOT_REF.pattern) in text
+    assert text.count(json.dumps(SNAPSHOT_REF.pattern)) == 2      # restore: ID and restore: {id: ID}
 
 
 def test_the_catalogue_skips_what_is_not_a_snapshot_and_never_blocks(tmp_path):

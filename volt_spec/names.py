@@ -13,6 +13,8 @@ import re
 
 VM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SNAPSHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# What `snapshots.restore` may name: an id, or VM/ID for another VM's (runner/snapshots.locate).
+SNAPSHOT_REF = re.compile(f"^({VM_NAME.pattern[1:-1]}/)?{SNAPSHOT_ID.pattern[1:]}")
 
 
 class BadName(ValueError):
