@@ -69,7 +69,8 @@ def test_an_agent_waits_for_the_exit_record_before_it_restarts_a_vm(tmp_path):
                                                  "spec": {"kernel": {"path": "builtin:testguest"}}})
     vm_dir = VmDir(home, "a")
     vm_dir.ensure()
-    vm_dir.applied.write_text(json.dumps({"machine_hash": spec.machine_hash(), "running": True}))
+    vm_dir.applied.write_text(json.dumps({"machine_hash": spec.machine_hash(), "running": True,
+                                          "owner": {"source": None, "file": str(tmp_path / "a.yaml")}}))
     dead = subprocess.Popen(["true"])
     dead.wait()
     live = {"supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid())}
@@ -84,3 +85,6 @@ def test_an_agent_waits_for_the_exit_record_before_it_restarts_a_vm(tmp_path):
         else:
             assert held is None                               # restart it, counted
     assert json.loads((vm_dir.path / "restarts.json").read_text())["restarts"] == 1
+    rival = Agent(Source(str(tmp_path), home / "cache"), home, 30.0, EventLog(io.StringIO()), source_name="rival")
+    (vm_dir.path / "restarts.json").unlink()
+    assert rival.held(spec) is None and not (vm_dir.path / "restarts.json").exists()   # not its VM: apply says so

@@ -40,6 +40,7 @@ class Agent:
         self.stopping = self.sync_requested = False
         self.specs: dict[str, object] = {}
         self.failures = 0
+        self.scope = self._scope()            # the VMs this agent owns (held() leaves others to apply)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -82,6 +83,7 @@ class Agent:
             return self._failed(commit, f"{len(errors)} invalid spec(s), nothing applied: {errors[0]}")
         from .reconcile import apply_paths
         self.specs = {s.name: s for s in specs}
+        self.scope = self._scope()
         counts: dict[str, int] = {}
         failed = []
         for result in apply_paths(specs, [str(self.source.path)], self.home, prune=True, source=self.source_name,
@@ -137,10 +139,13 @@ class Agent:
     # -- restarts ---------------------------------------------------------------------------
     def held(self, spec) -> ap.Result | None:
         """A Result that leaves an ended VM alone this pass (its restartPolicy, its back-off), else
-        None: apply it (which starts it again when it ended)."""
+        None: apply it (which starts it again when it ended). Only a VM of this agent's own: apply
+        reports another source's as a conflict, whatever its state."""
         vm_dir = VmDir(self.home, spec.name)
         applied = vm_dir.read_applied()
         if applied is None or applied.get("machine_hash") != spec.machine_hash() or not spec.running:
+            return None
+        if not self.scope.covers(Owner.from_record(applied)):
             return None
         obs = observe(vm_dir)
         if obs["state"] == FAILED and obs.get("ended_by") is None:      # its VMM is gone, no exit record
@@ -180,8 +185,11 @@ class Agent:
                                                                               inst.get("vmm_start"))
 
     # -- shutdown ---------------------------------------------------------------------------
+    def _scope(self):
+        return Resolver(self.source_name).scope(str(self.source.path), self.recursive)
+
     def owned(self) -> list[str]:
-        scope = Resolver(self.source_name).scope(str(self.source.path), self.recursive)
+        scope = self._scope()
         return [n for n in all_vm_names(self.home)
                 if scope.covers(Owner.from_record(VmDir(self.home, n).read_applied() or {}))]
 
