@@ -53,20 +53,31 @@ def policy_status(volt, name):
     return ApiClient(str(volt.home / "vms" / name / "run" / "api.sock")).get("/vm")["policy"]
 
 
-def wait_until(predicate, timeout=30.0, what="condition"):
+def state_of(volt, name: str) -> str:
+    """The VM's policy status, exit record and console end, for a failure message."""
+    try:
+        policy = policy_status(volt, name)
+    except Exception as e:  # noqa: BLE001 - the VMM may be gone: say so
+        policy = f"no API answer ({e})"
+    console = volt.log(name).splitlines()[-5:]
+    return f"policy: {policy}\nended: {volt.ended(name)}\nconsole: " + "\n".join(console)
+
+
+def wait_until(predicate, timeout=30.0, what="condition", explain=None):
+    """`explain()`: what to say beside a timeout (the VM's policy status, its console's end)."""
     deadline = time.monotonic() + scaled(timeout)
     while True:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f"\n{explain()}" if explain else "")
         time.sleep(0.05)      # polling another process's progress (files / API)
 
 
 def test_ready_trigger_one_snapshot_per_cold_boot_then_restore(volt, tmp_path):
     path = spec(tmp_path, "rdy", "[{trigger: ready}]")
     volt("apply", path)
-    rows = wait_until(lambda: snaps(volt), what="the ready snapshot")
+    rows = wait_until(lambda: snaps(volt), what="the ready snapshot", explain=lambda: state_of(volt, "rdy"))
     volt.wait_log("rdy", "tick 8 ")
     assert [r["trigger"] for r in snaps(volt)] == ["ready"]
     assert policy_status(volt, "rdy")["snapshots_taken"] == 1

@@ -261,3 +261,13 @@ def test_the_job_prints_its_heartbeat(tmp_path):
     from tests.hwlane import lane
     script = job_script(tmp_path, [["-m", "hwlane"]], tmp_path / "cache")
     assert f"while sleep {lane.HEARTBEAT_S}; do echo '{lane.HEARTBEAT}'; done" in script
+
+
+def test_a_failure_in_the_lane_says_its_first_and_last_lines():
+    """CI keeps only the lane's tail: a failed volt command's stderr (its last lines) must be in it."""
+    from tests.hwlane.progress import why_of
+    text = "AssertionError: volt snapshot s1 exited 1\nstdout: \nstderr: volt: vm/s1 is busy\n"
+    assert why_of(text) == "AssertionError: volt snapshot s1 exited 1 | stdout: | stderr: volt: vm/s1 is busy"
+    long = "no line matching 'X'\n" + "\n".join(f"console {i}" for i in range(100))
+    assert why_of(long) == "no line matching 'X' | ... | console 96 | console 97 | console 98 | console 99"
+    assert len(why_of("x" * 5000 + "\n" + "y" * 5000)) <= 700

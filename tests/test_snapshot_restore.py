@@ -112,19 +112,21 @@ def test_restored_vm_can_be_snapshotted_again(tmp_path, guest):
 
 def test_clock_continue_hides_downtime_and_realtime_shows_it(tmp_path, guest):
     facts = take_snapshot(tmp_path, guest)
-    downtime_start = time.monotonic()
+    wait_downtime(facts, 3.0)                          # the stimulus: wall time passes while it is down
     with VmmProcess("--restore", facts["dir"], "--clock", "continue") as vmm:
         cont = tick_after(vmm, assert_continues(vmm, facts))
-    time.sleep(max(0.0, 1.5 - (time.monotonic() - downtime_start)))   # let wall time pass (the stimulus)
     with VmmProcess("--restore", facts["dir"], "--clock", "realtime") as vmm:
         real = tick_after(vmm, assert_continues(vmm, facts, clock="realtime"))
     last_clock = facts["last"][1]
-    # The ticks in between explain the continue clock's advance (under TCG a tick can take 350 ms,
-    # so no fixed bound): the 1.5 s of downtime must not show in it, and must in realtime's.
-    slowest = max(b[1] - a[1] for a, b in zip(facts["before"], facts["before"][1:]))
-    assert cont[1] - last_clock < (cont[0] - facts["last"][0]) * slowest + 500, (facts["before"], cont)
-    assert real[1] - last_clock >= 1400, (facts["last"], real)
-    assert real[1] - cont[1] >= 1000, (cont, real)
+    # Shown, the 3 s of downtime would put the continue clock >= 3000 ms on; hidden, it moves by
+    # the ticks since the pause, which under TCG (the lane) took up to 400 ms each after a restore.
+    assert cont[1] - last_clock < 2500, (facts["last"], cont)
+    assert real[1] - last_clock >= 2900, (facts["last"], real)
+
+
+def wait_downtime(facts: dict, seconds: float) -> None:
+    """Let `seconds` of wall time pass since the snapshot's pause."""
+    time.sleep(max(0.0, seconds - (time.monotonic() - facts["paused_at"])))
 
 
 def tick_after(vmm, tick: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -136,8 +138,7 @@ def tick_after(vmm, tick: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def downtime_restore(facts: dict, seconds: float = 1.5) -> tuple[int, int, int]:
     """Restore (clock: continue) `seconds` after the pause; the second tick (n, clock_ms, tsc_ms)."""
-    paused_at = facts["paused_at"]
-    time.sleep(max(0.0, seconds - (time.monotonic() - paused_at)))   # let wall time pass (the stimulus)
+    wait_downtime(facts, seconds)                      # the stimulus
     with VmmProcess("--restore", facts["dir"]) as vmm:
         return tick_after(vmm, ticks([vmm.wait_for(r"^tick (\d+) ").string])[0])
 

@@ -36,11 +36,24 @@ def phase_outcome(when: str, outcome: str) -> str | None:
 
 
 def failure_line(report) -> str:
-    """The one line that says why a test failed: its crash message's first line, shortened."""
+    """The one line that says why a test failed: its crash message's first line and, shortened,
+    its last lines (where a console dump or a command's stderr ends), joined by " | " (CI keeps
+    only the lane's last lines, so this is all a failure in CI leaves)."""
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr or "")
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return first if len(first) <= 300 else first[:297] + "..."
+    return why_of(text)
+
+
+def why_of(text: str, tail_lines: int = 4, limit: int = 700) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    first = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+    tail = [ln if len(ln) <= 160 else ln[:157] + "..." for ln in lines[1:][-tail_lines:]]
+    if len(lines) > tail_lines + 1:
+        tail.insert(0, "...")
+    out = " | ".join([first, *tail])
+    return out if len(out) <= limit else out[:limit - 3] + "..."
 
 
 def read_progress(path: Path, reruns: list[str] | None = None,
