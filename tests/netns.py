@@ -33,3 +33,21 @@ def tap_namespace(tap: str = "vt0", mac: str | None = None):
 
 def in_netns(ns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
+
+
+@contextmanager
+def empty_namespace(label: str):
+    """A fresh network namespace with only `lo` up: VMMs started in it create their own taps there."""
+    ns = f"volt-test-{os.getpid()}-{label}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def links(ns: str) -> set[str]:
+    """The network devices in namespace `ns`."""
+    out = subprocess.run(["ip", "-n", ns, "-o", "link", "show"], check=True, capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()}

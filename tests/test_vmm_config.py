@@ -40,11 +40,12 @@ def test_flags_build_the_tree_vm_json_holds() -> None:
 
 def test_restore_flags_and_overrides() -> None:
     config = from_flags(["--restore", "/s/snap-1", "--clock", "realtime", "--verify",
-                         "--disk-override", "data=/clone/data.img", "--tap-override", "eth0=tapc"])
+                         "--disk-override", "data=/clone/data.img", "--tap-override", "eth0=tapc",
+                         "--mac-override", "eth0=02:00:00:00:00:0A"])
     assert config.boot_source is None
     assert config.restore.to_dict() == {"snapshot_dir": "/s/snap-1", "clock": "realtime", "verify": True,
                                         "disk_overrides": {"data": "/clone/data.img"},
-                                        "tap_overrides": {"eth0": "tapc"}}
+                                        "tap_overrides": {"eth0": "tapc"}, "mac_overrides": {"eth0": "02:00:00:00:00:0a"}}
     assert VmmConfig.from_dict(config.to_dict()) == config
 
 

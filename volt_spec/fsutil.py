@@ -120,3 +120,63 @@ def file_sha256(path: str) -> str | None:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+FICLONE = 0x40049409            # <linux/fs.h>: _IOW(0x94, 9, int)
+REFLINK, SPARSE_COPY = "reflink", "sparse copy"
+
+
+def copy_file(src: str, dst: str) -> str:
+    """dst := src, by reflink when the filesystem allows, else a sparse copy (the source's holes stay
+    holes: a clone of a 10 GiB disk holding 100 MiB costs 100 MiB); says which it was. Through a temp
+    file renamed over dst or, where dst's directory cannot be written (a jail holds the disk file,
+    not its directory), into dst in place, truncated first."""
+    import fcntl
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_TRUNC
+    try:
+        out, tmp = os.open(dst + ".tmp", flags | os.O_CREAT, 0o600), dst + ".tmp"
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        out, tmp = os.open(dst, flags), None
+    fin = open_regular(src)
+    try:
+        try:
+            fcntl.ioctl(out, FICLONE, fin)
+            how = REFLINK
+        except OSError:
+            _copy_extents(fin, out)
+            how = SPARSE_COPY
+        os.fsync(out)
+    except BaseException:
+        if tmp is not None:
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fin)
+        os.close(out)
+    if tmp is not None:
+        os.replace(tmp, dst)
+    return how
+
+
+def _copy_extents(fin: int, out: int) -> None:
+    """The data extents of `fin` (SEEK_DATA / SEEK_HOLE) copied kernel-side; the size set last."""
+    size = os.fstat(fin).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fin, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:           # no data after pos: the rest is a hole
+                break
+            raise
+        end = os.lseek(fin, start, os.SEEK_HOLE)
+        done = start
+        while done < end:
+            n = os.copy_file_range(fin, out, end - done, done, done)
+            if n == 0:
+                break
+            done += n
+        pos = end
+    os.ftruncate(out, size)

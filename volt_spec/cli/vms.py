@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from .. import status_codes as rc
-from .common import (OUTPUT, SELECTOR, app, complete_vm, duration_or_exit, err, home_dir, is_path, load_or_exit,
-                     one_of_or_exit, pick_vms)
+from .common import (NO_JAIL, OUTPUT, SELECTOR, app, complete_vm, duration_or_exit, err, home_dir, is_path,
+                     load_or_exit, one_of_or_exit, pick_vms, set_no_jail)
 
 
 @app.command("status")
@@ -178,3 +178,30 @@ def wait(names: Optional[List[str]] = typer.Argument(None, help="The VMs to wait
     for line in late:
         err(f"timed out after {timeout} waiting for {condition}: {line}")
     raise typer.Exit(rc.FAILED if late else rc.OK)
+
+
+@app.command("scale")
+def scale(name: str = typer.Argument(..., help="The spec's metadata.name (its clones are NAME-0, NAME-1, ...)."),
+          replicas: int = typer.Argument(..., metavar="N", help="How many clones to run (1-256)."),
+          no_jail: bool = NO_JAIL) -> None:
+    """Run N clones of a spec with spec.replicas: add clones, or delete them from the highest index down.
+
+    Like kubectl scale, it changes the applied count only: the next `volt apply` of the spec file
+    (or the agent's next sync) sets it back to what the file says. Prints a line per clone it
+    created, restored or deleted; unchanged clones are listed too.
+
+    Example: volt scale web 5   |   volt status -o name | grep web-
+    """
+    from ..runner.scale import ScaleError, scale as scale_set
+    set_no_jail(no_jail)
+    home = home_dir()
+    try:
+        results = list(scale_set(home, name, replicas))
+    except ScaleError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED)
+    failed = False
+    for result in results:
+        failed |= result.error is not None
+        typer.echo(result.line())
+    raise typer.Exit(rc.FAILED if failed else rc.OK)

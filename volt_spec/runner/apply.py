@@ -73,7 +73,8 @@ def applied_record(spec, vm: dict, owner, commit: str | None) -> dict:
             "source_sha256": file_sha256(spec.source),
             "document": spec.document, "spec_hash": spec.spec_hash(), "machine_hash": spec.machine_hash(),
             "shape_hash": spec.shape_hash(), "running": spec.running, "restart_policy": spec.restart_policy, "labels": dict(spec.labels),
-            "vm": vm, "snapshots": spec.snapshots, "applied_at": time.time()}
+            "vm": vm, "snapshots": spec.snapshots, "applied_at": time.time(),
+            "set": spec.set_name or spec.name, "replica": spec.replica}
 
 
 def conflict(spec, applied: dict | None, owner, resolver) -> str:
@@ -190,6 +191,9 @@ def apply_one(spec, home: Path, resolver=None, force_conflicts: bool = False, wa
             _refresh(vm_dir, old, spec, owner, commit)
             return Result(spec.name, UNCHANGED)
         vm = resolve(spec)
+        if spec.replica is not None:
+            from .clones import own_disks
+            vm = own_disks(vm, vm_dir)
         try:
             action, detail = _change(vm_dir, spec, vm, action, detail, applied_record(spec, vm, owner, commit), warn)
         except vmctl.VmStartError as e:
@@ -269,22 +273,44 @@ def restore_refusal(vm_dir: VmDir, spec, action: str, detail: str) -> str:
 
 
 def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tuple[str, str]:
-    """Restore the snapshot the spec asks for when there is a usable one, else cold boot."""
+    """Restore the snapshot the spec asks for when there is a usable one, else cold boot. A clone's
+    disks are made first (clones.py); the line says how they were copied."""
+    from .clones import copies_said, seed_disks
     from .snapshots import pick_restore
     snap, why_not = pick_restore(vm_dir, spec)
     if snap is not None:
+        placeholders = [d["path"] for d in vm.get("disks", []) if d.get("seed") and not os.path.exists(d["path"])]
         try:
+            seed_disks(vm, restoring=True)
             vmctl.start(vm_dir, vm, restore_from=snap, clock=spec.snapshots.get("clock", "continue"))
-            return RESTORED, f"from {snap.name}"
+            return RESTORED, _joined(f"from {snap.name}", copies_said(_restored_copies(vm_dir, vm)))
         except vmctl.VmStartError as e:
+            for path in placeholders:           # a cold boot seeds them from the spec's disks
+                Path(path).unlink(missing_ok=True)
             if spec.snapshots.get("fallback", "boot") == "error":
                 raise vmctl.VmStartError(f"the restore of {snap.name} that spec.snapshots.restore names "
                                          f"was refused: {e}") from None
             why_not = f"restore of {snap.name} refused: {e}"
     if why_not:
         warn(f"vm/{spec.name}: {why_not}; cold boot instead")
+    made = seed_disks(vm, restoring=False)
     vmctl.start(vm_dir, vm)
-    return action, detail
+    return action, _joined(detail, copies_said(made))
+
+
+def _joined(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def _restored_copies(vm_dir: VmDir, vm: dict) -> dict[str, str]:
+    """How the VMM put a clone's disks back ({} when the VM has none, or ended already)."""
+    if not any(d.get("seed") for d in vm.get("disks", [])):
+        return {}
+    from ..api.client import ApiClient, ApiError, ApiUnavailable
+    try:
+        return ApiClient(str(vm_dir.api_sock), timeout=5.0).get("/vm").get("disk_copies") or {}
+    except (ApiError, ApiUnavailable):
+        return {}
 
 
 def _configure_running(vm_dir: VmDir, spec) -> None:
@@ -317,9 +343,9 @@ def _rollback(vm_dir: VmDir, old: dict | None) -> str:
     return "; the previous spec is kept"
 
 
-def delete(name: str, home: Path, purge: bool = False) -> Result:
+def delete(name: str, home: Path, purge: bool = False, reason: str = "") -> Result:
     """Stop and remove a VM; with `purge` its snapshots too, also when the VM was deleted before
-    (snapshots outlive their VM)."""
+    (snapshots outlive their VM). `reason`: why, for the line (a clone no longer declared)."""
     from .snapshots import catalogue
     vm_dir = VmDir(home, name)
     t0 = time.monotonic()
@@ -332,7 +358,7 @@ def delete(name: str, home: Path, purge: bool = False) -> Result:
         vm_dir.remove()
         if purge:
             catalogue(home).purge(name)
-    return Result(name, DELETED, "snapshots purged" if purge else "", time.monotonic() - t0)
+    return Result(name, DELETED, _joined(reason, "snapshots purged" if purge else ""), time.monotonic() - t0)
 
 
 def prunable(specs, home: Path, scopes) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import apply as ap
+from .clones import surplus
 from .owner import Resolver
 
 PARALLEL = 8            # VMs applied at once (each start mostly waits on its VMM)
@@ -21,6 +22,9 @@ def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prun
     for spec in specs:                        # read every repository's origin and commit once,
         resolver.owner(spec.source)           # before the threads share the resolver
         resolver.commit(Path(spec.source))
+
+    for name in surplus(specs, home, lambda s: resolver.owner(s.source)):   # clones a spec no longer declares
+        yield ap.Result(name, ap.DELETED, "no longer declared") if dry_run else ap.delete(name, home, reason="no longer declared")
 
     def one(spec) -> ap.Result:
         held = skip(spec) if skip else None

@@ -18,7 +18,8 @@ def vmm_config(vm: dict, vm_dir: VmDir, restore_from: Path | None = None, clock:
                applied: dict | None = None) -> VmmConfig:
     """The VMM's whole input for a resolved VM (runner.apply.resolve): a boot, or a restore whose
     disks and NICs go where the applied spec says, never where the snapshot's state.json says (a
-    snapshot is untrusted input: its paths could name any host file)."""
+    snapshot is untrusted input: its paths could name any host file), with the spec's MACs (a
+    clone's own)."""
     disks, nics = vm.get("disks", []), vm.get("network", [])
     config = VmmConfig(
         name=vm_dir.name,
@@ -30,7 +31,8 @@ def vmm_config(vm: dict, vm_dir: VmDir, restore_from: Path | None = None, clock:
         policy=policy_config(applied, vm_dir) if applied is not None else None)
     if restore_from is not None:
         config.restore = RestoreConfig(str(restore_from), clock, disk_overrides={d["name"]: d["path"] for d in disks},
-                                       tap_overrides={n["name"]: n["tap"] for n in nics})
+                                       tap_overrides={n["name"]: n["tap"] for n in nics},
+                                       mac_overrides={n["name"]: n["mac"] for n in nics if n.get("mac")})
     else:
         config.boot_source = BootSourceConfig(vm["kernel"], vm.get("initrd"), vm["cmdline"], vm.get("boot"))
     return config

@@ -9,7 +9,7 @@ from . import cache as spec_cache
 from .errors import SpecError
 from .host import HostLimits
 from .messages import schema_errors
-from .model import VmSpec, build_spec
+from .model import VmSpec, build_specs
 from .rules import cross_rules, document_rules
 from .source import Document, load_documents
 
@@ -140,7 +140,7 @@ def load_specs(paths: list[str], limits: HostLimits | None = None, recursive: bo
     for doc, error in cross_rules(mappings):
         failed.add(id(doc))
         errors.append(error)
-    specs = [build_spec(d.file, d.data) for d in mappings if id(d) not in failed]
+    specs = [vm for d in mappings if id(d) not in failed for vm in build_specs(d.file, d.data)]
     return specs, sorted(set(errors))
 
 

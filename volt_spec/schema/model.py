@@ -89,6 +89,8 @@ class VmSpec:
     document: dict              # the plain document as written
     resources: dict = None      # the VMM's cgroup limits (defaults applied): memory_bytes, cpus, pids
     restart_policy: str = "Always"   # Always | OnFailure | Never: what the agent does when it ends
+    set_name: str = ""          # metadata.name: the VM's own, or its clones' (NAME-0 ...) with spec.replicas
+    replica: int | None = None  # a clone's index; None for a VM without spec.replicas
 
     def __hash__(self) -> int:            # dict fields are unhashable; name + file identify a VM
         return hash((self.name, self.source))
@@ -115,8 +117,12 @@ class VmSpec:
         return hashlib.sha256(canonical_json(shape)).hexdigest()
 
     def spec_hash(self) -> str:
-        """sha256 over the canonical document and the machine hash."""
-        return hashlib.sha256(canonical_json([self.document, self.machine_hash()])).hexdigest()
+        """sha256 over the canonical document and the machine hash; a clone's leaves out the replica
+        count (3 -> 5 adds two clones and leaves the first three unchanged)."""
+        document = self.document
+        if self.replica is not None:
+            document = dict(document, spec={k: v for k, v in document["spec"].items() if k != "replicas"})
+        return hashlib.sha256(canonical_json([document, self.machine_hash()])).hexdigest()
 
 
 def _snapshots(raw: dict) -> dict:
@@ -140,26 +146,39 @@ def _snapshots(raw: dict) -> dict:
             "triggers": triggers, "retain": retain}
 
 
-def _devices(source: str, raw: dict) -> dict:
+def _devices(source: str, raw: dict, vm: str, replica: int | None) -> dict:
+    """The devices of one VM; a clone's writable disks are marked `clone` (the runner gives each
+    clone its own copy, seeded from `path`), its taps and MACs are its own."""
+    from .replicas import clone_mac, tap_name
     disks = [{"name": d["name"], "path": resolve(source, d["path"]),
-              "readOnly": d.get("readOnly", False), "root": d.get("root", False)}
+              "readOnly": d.get("readOnly", False), "root": d.get("root", False),
+              **({"clone": True} if replica is not None and not d.get("readOnly", False) else {})}
              for d in raw.get("disks", [])]
-    network = [{"name": n["name"], "tap": n["tap"], "mac": n.get("mac")}
+    network = [{"name": n["name"], "tap": tap_name(n["tap"], vm, replica),
+                "mac": n.get("mac") if replica is None else clone_mac(vm, n["name"], n.get("mac"), replica)}
                for n in raw.get("network", [])]
     return {"serial": {"log": raw.get("serial", {}).get("log", True)},
             "disks": disks, "network": network, "virtioAnnounce": raw.get("virtioAnnounce", "acpi")}
 
 
-def build_spec(source: str, document: dict) -> VmSpec:
-    """A VmSpec from a document that passed both validation stages."""
+def build_specs(source: str, document: dict) -> list[VmSpec]:
+    """The VMs a document that passed both validation stages declares: itself, or its clones."""
+    from .replicas import vm_names
+    return [build_spec(source, document, name, index)
+            for name, index in vm_names(document["metadata"]["name"], document["spec"].get("replicas"))]
+
+
+def build_spec(source: str, document: dict, name: str | None = None, replica: int | None = None) -> VmSpec:
+    """One VM of a document that passed both validation stages (`name`, `replica`: one of its clones)."""
     source = os.path.abspath(source)
     meta, spec = document["metadata"], document["spec"]
+    name = name or meta["name"]
     kernel = spec["kernel"]
     path = kernel["path"]
     initrd = kernel.get("initrd")
-    devices = _devices(source, spec.get("devices", {}))
+    devices = _devices(source, spec.get("devices", {}), name, replica)
     return VmSpec(
-        name=meta["name"], labels=dict(meta.get("labels", {})), source=source,
+        name=name, labels=dict(meta.get("labels", {})), source=source,
         kernel=path if path == BUILTIN_TESTGUEST else resolve(source, path),
         initrd=resolve(source, initrd) if initrd else None,
         cmdline=kernel.get("cmdline", ""), boot=kernel.get("boot"),
@@ -168,6 +187,7 @@ def build_spec(source: str, document: dict) -> VmSpec:
         running=spec.get("running", True), serial_log=devices["serial"]["log"],
         snapshots=_snapshots(spec.get("snapshots", {})), devices=devices, document=document,
         resources=_resources(spec), restart_policy=spec.get("restartPolicy", "Always"),
+        set_name=meta["name"], replica=replica,
     )
 
 

@@ -182,7 +182,32 @@ def _resources(doc: Document) -> list[SpecError]:
 
 def document_rules(doc: Document, limits: HostLimits) -> list[SpecError]:
     """Stage 2 checks that concern one document."""
-    return _kernel(doc) + _sizes(doc, limits) + _triggers(doc) + _disks(doc) + _resources(doc)
+    return _kernel(doc) + _sizes(doc, limits) + _triggers(doc) + _disks(doc) + _resources(doc) + _replicas(doc)
+
+
+def _replica_count(doc: Document) -> int | None:
+    n = get(doc.data, "spec", "replicas")
+    return n if _is_int(n) and 1 <= n <= 256 else None
+
+
+def _replicas(doc: Document) -> list[SpecError]:
+    """Every clone (or the one VM) gets a valid name and a tap of its own once filled in."""
+    from . import replicas
+    name = get(doc.data, "metadata", "name")
+    if not isinstance(name, str):
+        return []
+    nics = [(i, nic["tap"]) for i, nic in _list_of_maps(doc, "spec", "devices", "network")
+            if isinstance(nic.get("tap"), str)]
+    out = []
+    for k, message in replicas.problems(name, _replica_count(doc), [tap for _, tap in nics]):
+        path = ("metadata", "name") if k is None else ("spec", "devices", "network", nics[k][0], "tap")
+        out.append(_err(doc, path, message))
+    return out
+
+
+def _declared(doc: Document, name: str) -> list[tuple[str, int | None]]:
+    from .replicas import vm_names
+    return vm_names(name, _replica_count(doc))
 
 
 @dataclass(frozen=True)
@@ -196,6 +221,28 @@ class _Use:
         return f"{self.doc.file}:{line}:{col}"
 
 
+def _tap_clashes(doc: Document, declared: list[tuple[str, int | None]],
+                 taps: dict[str, _Use]) -> list[tuple[Document, SpecError]]:
+    """Each VM's taps (templates filled in for each clone) against every tap seen so far."""
+    from .replicas import tap_name
+    out = []
+    for i, nic in _list_of_maps(doc, "spec", "devices", "network"):
+        template = nic.get("tap")
+        if not isinstance(template, str):
+            continue
+        for vm, index in declared:
+            tap = tap_name(template, vm, index)
+            use = _Use(doc, ("spec", "devices", "network", i, "tap"), vm)
+            if tap in taps:
+                if taps[tap].doc is doc:        # its clones share a tap: _replicas says so
+                    continue
+                owner = f"VM {quote(taps[tap].vm)} at {taps[tap].where()}"
+                out.append((doc, _err(doc, use.path, f"tap {describe(tap)} is already used by {owner}")))
+                break
+            taps[tap] = use
+    return out
+
+
 def cross_rules(docs: list[Document]) -> list[tuple[Document, SpecError]]:
     """Stage 2 checks across every document of one invocation: names, disks and taps unique."""
     out: list[tuple[Document, SpecError]] = []
@@ -205,14 +252,18 @@ def cross_rules(docs: list[Document]) -> list[tuple[Document, SpecError]]:
     for doc in docs:
         name = get(doc.data, "metadata", "name")
         vm = name if isinstance(name, str) else f"document {doc.index + 1}"
-        if isinstance(name, str):
-            use = _Use(doc, ("metadata", "name"), vm)
-            if name in names:
-                first = names[name].where()
-                message = f"duplicate VM name {describe(name)} (first defined at {first})"
-                out.append((doc, _err(doc, use.path, message)))
+        declared = _declared(doc, name) if isinstance(name, str) else []
+        for clone, _ in declared:
+            use = _Use(doc, ("metadata", "name"), clone)
+            if clone in names:
+                earlier = names[clone]
+                set_name = get(earlier.doc.data, "metadata", "name")
+                first = earlier.where() + (f" as a clone of {describe(set_name)}" if set_name != clone else "")
+                what = f"duplicate VM name {describe(clone)}" + (f" (a clone of {describe(name)})" if clone != name else "")
+                out.append((doc, _err(doc, use.path, f"{what} (first defined at {first})")))
+                break
             else:
-                names[name] = use
+                names[clone] = use
         for i, disk in _list_of_maps(doc, "spec", "devices", "disks"):
             path = disk.get("path")
             if _usable(path):
@@ -228,14 +279,5 @@ def cross_rules(docs: list[Document]) -> list[tuple[Document, SpecError]]:
                                                              "a writable disk belongs to one VM")))
                         break
                 disks.setdefault(key, []).append((use, writable))
-        for i, nic in _list_of_maps(doc, "spec", "devices", "network"):
-            tap = nic.get("tap")
-            if isinstance(tap, str):
-                use = _Use(doc, ("spec", "devices", "network", i, "tap"), vm)
-                if tap in taps:
-                    owner = f"VM {quote(taps[tap].vm)} at {taps[tap].where()}"
-                    message = f"tap {describe(tap)} is already used by {owner}"
-                    out.append((doc, _err(doc, use.path, message)))
-                else:
-                    taps[tap] = use
+        out.extend(_tap_clashes(doc, declared, taps))
     return out

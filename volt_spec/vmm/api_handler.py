@@ -70,6 +70,7 @@ class VmmApi:
                      "uptime_s": round(time.time() - self.started_at, 3)},
             "kvm": self.flavour,
             "vmgenid": m.generation_id.hex(),
+            "disk_copies": dict(m.disk_copies),
             "policy": m.policy.status() if m.policy else None,
             "counters": dict(m.devices.counters(), vcpu_exits=list(m.exit_counts)),
             **({"timing": dict(m.timing, run_entered_ns=list(m.run_entered_ns))} if m.timing is not None else {}),

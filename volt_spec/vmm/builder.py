@@ -84,7 +84,8 @@ def build_from_snapshot(kvm, config: VmmConfig, into=None) -> Machine:
         if state.get("virtio"):
             from .virtio import VirtioDevices
             drives, nets = VirtioDevices.configs_for_restore(state["virtio"], restore.snapshot_dir,
-                                                             restore.disk_overrides, restore.tap_overrides)
+                                                             restore.disk_overrides, restore.tap_overrides,
+                                                             restore.mac_overrides, machine.disk_copies)
             machine.devices.attach_virtio(drives, nets, config.virtio, config.name, machine.exit_event)
         persist.restore(machine, state, restore.clock)
         machine.booted_from = f"snapshot {os.path.basename(os.path.normpath(restore.snapshot_dir))}"

@@ -87,6 +87,7 @@ class Machine:
         self.cpuid_set: list[str] | None = None           # each vCPU's CPUID set ahead (packed; warm.py)
         self.generation_id = b""                          # the VM generation ID the guest sees (vmgenid.py)
         self.timing: dict | None = None                   # a warm load's stamps (vmm/warm.py)
+        self.disk_copies: dict[str, str] = {}             # a restore's disks put back: name -> reflink | sparse copy
         self.threads: list[Worker] = []
         self.snapshot_lock = _thread.allocate_lock()     # one snapshot at a time (API or policy)
         self.policy = None                                # the PolicyEngine, once one is configured

@@ -74,9 +74,9 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
   --no-ioeventfd, --no-irqfd
                     serve queue notifications by MMIO exits / interrupts by
                     KVM_IRQ_LINE instead (slower; for comparison)
-  --disk-override NAME=PATH, --tap-override NAME=TAP
-                    on --restore: put disk NAME at PATH / attach NIC NAME to TAP
-                    (each clone of a snapshot needs its own disk)
+  --disk-override NAME=PATH, --tap-override NAME=TAP, --mac-override NAME=MAC
+                    on --restore: put disk NAME at PATH / attach NIC NAME to TAP /
+                    give NIC NAME that MAC (each clone of a snapshot needs its own)
   --policy FILE     snapshot policy carried out by this VMM (JSON: vm, snapshot_dir,
                     triggers [{"trigger": "ready"|"interval"|"console"|"stop", "marker",
                     "every_s", "match"}], retain {"count", "max_age_s"})
@@ -91,9 +91,9 @@ example:
   volt-vmm --kernel "$(volt guest build)" --cmdline "volt.ticks=3 volt.poweroff"
 """
 
-_REPEATED = {"--disk", "--net", "--disk-override", "--tap-override"}
+_REPEATED = {"--disk", "--net", "--disk-override", "--tap-override", "--mac-override"}
 _FLAGS = {"--warm", "--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
-_OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str,
+_OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str, "--mac-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,
             "--restore": str, "--snapshot": str, "--clock": str, "--policy": str, "--state-dir": str,

@@ -9,7 +9,7 @@ comparison.
 
 Snapshots: every transport is quiesced (its lock held) while the state is captured and
 memory forked, so guest memory and queue indices agree. Writable disks are copied into the
-snapshot (reflink when the filesystem can, else a kernel-side copy); read-only disks are
+snapshot (reflink when the filesystem can, else a sparse copy); read-only disks are
 recorded by identity (size, mtime) and a restore over a changed one is refused.
 """
 
@@ -25,12 +25,12 @@ from ..devices.virtio.blk import VirtioBlk
 from ..devices.virtio.mmio import VirtioMmio
 from ..devices.virtio.net import VirtioNet
 from ..devices.virtio.tap import Tap
+from ..fsutil import copy_file
 from ..jail import enter_device_thread
 from .config import DriveConfig, NetConfig, device_name, tap_name
 from .config.devices import mac_text
 
 QUEUE_NOTIFY_OFFSET = 0x50
-FICLONE = 0x40049409
 
 
 class VirtioError(ValueError):
@@ -57,37 +57,6 @@ class LineIrq:
     def trigger(self) -> None:
         self.vm.irq_line(self.gsi, True)
         self.vm.irq_line(self.gsi, False)
-
-
-def copy_file(src: str, dst: str) -> None:
-    """dst := src, by reflink when the filesystem allows, else copy_file_range (kernel-side);
-    through a temp file renamed over dst, or, where dst's directory cannot be written (a jail
-    holds the disk file itself, not its directory), into dst in place."""
-    import errno
-    import fcntl
-    from ..fsutil import open_regular
-    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        out, tmp = os.open(dst + ".tmp", flags | os.O_CREAT | os.O_TRUNC, 0o600), dst + ".tmp"
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        out, tmp = os.open(dst, flags), None
-    with os.fdopen(open_regular(src), "rb") as fin, os.fdopen(out, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-        except OSError:
-            size = os.fstat(fin.fileno()).st_size
-            done = 0
-            while done < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done, done, done)
-                if n == 0:
-                    break
-                done += n
-            os.ftruncate(fout.fileno(), size)
-        os.fsync(fout.fileno())
-    if tmp is not None:
-        os.replace(tmp, dst)
 
 
 def identity(path: str) -> dict:
@@ -218,11 +187,14 @@ class VirtioDevices:
 
     @staticmethod
     def configs_for_restore(saved: list[dict], snapshot_dir: str, disk_overrides: dict[str, str],
-                            tap_overrides: dict[str, str]) -> tuple[list, list]:
+                            tap_overrides: dict[str, str], mac_overrides: dict[str, str] | None = None,
+                            copied: dict[str, str] | None = None) -> tuple[list, list]:
         """Disk and NIC configs to rebuild the devices, in the saved order, with overrides applied.
 
         A writable disk is put back from the snapshot's copy onto its path (or the override, so each
-        clone gets its own disk); a read-only disk must be unchanged since the snapshot."""
+        clone gets its own disk; `copied` learns how: reflink or sparse copy); a read-only disk must
+        be unchanged since the snapshot. A MAC override is what the device reports from now on (a
+        guest that read its MAC before the snapshot keeps using that one until its driver probes again)."""
         disks, nets = [], []
         for entry in saved:
             name = device_name(entry["name"], "the snapshot's virtio device")
@@ -240,12 +212,15 @@ class VirtioDevices:
                                           f"restoring over it would not match the guest's memory")
                 else:
                     from ..snapshot.format import snapshot_file
-                    copy_file(snapshot_file(snapshot_dir, d.get("copy"), f"copy of disk {name}"), target)
+                    how = copy_file(snapshot_file(snapshot_dir, d.get("copy"), f"copy of disk {name}"), target)
+                    if copied is not None:
+                        copied[name] = how
                 disks.append(DriveConfig(name, target, bool(d.get("read_only"))))
             else:
                 n = entry["net"]
                 tap = tap_name(tap_overrides.get(name, n["tap"]), f"network {name}")
-                nets.append(NetConfig(name, tap, mac_text(n["mac"], f"network {name}")))
+                mac = (mac_overrides or {}).get(name) or n["mac"]
+                nets.append(NetConfig(name, tap, mac_text(mac, f"network {name}")))
         return disks, nets
 
     def restore(self, saved: list[dict]) -> None:

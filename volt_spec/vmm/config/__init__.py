@@ -7,7 +7,7 @@ place the VMM's inputs are checked; the host's limits are checked when the VM is
 
 from __future__ import annotations
 
-from .devices import DriveConfig, NetConfig, VirtioConfig, device_name, tap_name, unique_names
+from .devices import DriveConfig, NetConfig, VirtioConfig, device_name, mac_text, tap_name, unique_names
 from .fields import Reader, Section, VmmConfigError, path_text
 from .machine import BootSourceConfig, MachineConfig, host_memory_mib
 from .policy import PolicyConfig, RetainConfig, TriggerConfig
@@ -21,20 +21,24 @@ class RestoreConfig(Section):
     """Start from a snapshot: its directory, the guest clock, and where its disks and NICs go now
     (by device name; a snapshot's own paths are untrusted and each clone needs its own disk)."""
 
-    __slots__ = ("snapshot_dir", "clock", "verify", "disk_overrides", "tap_overrides")
+    __slots__ = ("snapshot_dir", "clock", "verify", "disk_overrides", "tap_overrides", "mac_overrides")
 
     def __init__(self, snapshot_dir: str, clock: str = "continue", verify: bool = False,
-                 disk_overrides: dict | None = None, tap_overrides: dict | None = None) -> None:
+                 disk_overrides: dict | None = None, tap_overrides: dict | None = None,
+                 mac_overrides: dict | None = None) -> None:
         self.snapshot_dir, self.clock, self.verify = snapshot_dir, clock, verify
         self.disk_overrides, self.tap_overrides = disk_overrides or {}, tap_overrides or {}
+        self.mac_overrides = mac_overrides or {}
 
     @classmethod
     def from_dict(cls, data: object, where: str = "restore", labels: dict | None = None) -> "RestoreConfig":
         r = Reader(data, where, cls.__slots__, labels)
         disks = _overrides(r.get("disk_overrides", {}), r.name("disk_overrides"), path_text)
         taps = _overrides(r.get("tap_overrides", {}), r.name("tap_overrides"), tap_name)
+        macs = _overrides(r.get("mac_overrides", {}), r.name("mac_overrides"), mac_text)
         return cls(path_text(r.text("snapshot_dir"), r.name("snapshot_dir")),
-                   r.choice("clock", ("continue", "realtime"), "continue"), r.flag("verify", False), disks, taps)
+                   r.choice("clock", ("continue", "realtime"), "continue"), r.flag("verify", False), disks, taps,
+                   macs)
 
 
 def _overrides(value: object, where: str, check) -> dict[str, str]:

@@ -8,7 +8,7 @@ from . import (ApiConfig, BootSourceConfig, DriveConfig, MachineConfig, NetConfi
 MACHINE_LABELS = {"memory_mib": "--memory", "vcpus": "--vcpus"}
 BOOT_LABELS = {"kernel": "--kernel", "initrd": "--initrd", "cmdline": "--cmdline", "boot": "--boot"}
 RESTORE_LABELS = {"snapshot_dir": "--restore", "clock": "--clock", "disk_overrides": "--disk-override",
-                  "tap_overrides": "--tap-override"}
+                  "tap_overrides": "--tap-override", "mac_overrides": "--mac-override"}
 API_LABELS = {"socket": "--api-sock", "state_dir": "--state-dir"}
 PROCESS_FLAGS = {"jail", "seccomp", "seccomp_selftest", "config", "help", "version", "snapshot"}
 
@@ -50,7 +50,8 @@ def _restore(opts: dict) -> RestoreConfig | None:
     fields = {"snapshot_dir": opts["restore"], "clock": opts.get("clock", "continue"),
               "verify": bool(opts.get("verify")),
               "disk_overrides": pairs(opts.get("disk_override", []), "--disk-override"),
-              "tap_overrides": pairs(opts.get("tap_override", []), "--tap-override")}
+              "tap_overrides": pairs(opts.get("tap_override", []), "--tap-override"),
+              "mac_overrides": pairs(opts.get("mac_override", []), "--mac-override")}
     return RestoreConfig.from_dict(fields, labels=RESTORE_LABELS)
 
 
