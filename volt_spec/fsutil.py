@@ -72,6 +72,24 @@ def preopened_fd(path: str | os.PathLike) -> int | None:
     return None if fd is None else os.dup(fd)
 
 
+def register_fd(path: str, fd: int) -> None:
+    """From now on `path` is the file (or directory) behind `fd`, handed over by volt: a warm VMM
+    becomes a VM whose files it never opened (runner/pool.py passes them over its API socket)."""
+    preopened_fd("")                            # the jail's, read first
+    _preopened[os.path.normpath(path)] = fd
+
+
+def local_path(path: str) -> str:
+    """`path` as this process reaches it: under a directory handed over as an fd (register_fd),
+    through /proc/self/fd/N (the directory need not exist in this mount namespace); else itself."""
+    path = os.path.normpath(path)
+    for folder, fd in (_preopened or {}).items():
+        if path == folder or path.startswith(folder + "/"):
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                return f"/proc/self/fd/{fd}" + path[len(folder):]
+    return path
+
+
 def open_regular(path: str | os.PathLike, follow: bool = False) -> int:
     """An O_RDONLY fd of `path` if it is a regular file. Never blocks (O_NONBLOCK: a FIFO planted
     where a file should be would hang the open) and, unless `follow`, refuses a symlink. A file

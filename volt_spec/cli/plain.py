@@ -123,6 +123,7 @@ def status_command(names: list[str] | None, selector: str | None, output: str) -
         print_rows(rows, output, single=bool(names) and len(names) == 1)
     if output in ("table", "wide") and not names and selector is None:
         _agent_lines(home)
+        _pool_lines(home)
     for n in missing:
         err(f"no VM named {n!r} (volt status lists them all)")
     return rc.FAILED if missing else rc.OK
@@ -138,6 +139,16 @@ def _agent_lines(home) -> None:
             commit = (a.get("commit") or "-")[:12]
             error = f"; last error: {a['last_error']}" if a.get("last_error") else ""
             echo(f"agent: {a.get('source')} at {commit}, last sync {a.get('last_sync') or '-'}{error}")
+
+
+def _pool_lines(home) -> None:
+    """Under the table: the warm pool per shape (runner/pool.py), ready of wanted, and what it costs."""
+    if not (home / "pool").is_dir():
+        return
+    from ..runner.pool import summary
+    for p in summary(home):
+        echo(f"pool: {p['shape']}: {p['ready']} of {p['wanted']} warm VMMs ready, "
+             f"{p['private_kib'] / 1024:.1f} MiB private memory")
 
 
 def apply_command(paths: list[str], dry_run: bool = False, prune: bool = False, source: str | None = None,

@@ -61,6 +61,9 @@ def delete(targets: Optional[List[str]] = typer.Argument(None, help="VM names, o
         result = ap.delete(n, home, purge)
         failed |= result.error is not None
         typer.echo(result.line())
+    if (home / "pool").is_dir():
+        from ..runner.pool import fill
+        fill(home)                       # warm VMMs no VM asks for any more are stopped
     raise typer.Exit(rc.FAILED if failed else rc.OK)
 
 

@@ -40,7 +40,7 @@ def prepare(config: JailConfig) -> dict[str, str]:
     directories given to the VM's uid. Returns the cgroup dirs."""
     os.makedirs(config.root, mode=0o700, exist_ok=True)
     for path in config.owned:
-        _chown_tree(path, config.uid, config.gid)
+        chown_tree(path, config.uid, config.gid)
     cgroups.ensure_mounted()
     dirs = cgroups.plan(config.name)
     if config.limits is not None:
@@ -48,7 +48,7 @@ def prepare(config: JailConfig) -> dict[str, str]:
     return dirs
 
 
-def _chown_tree(path: str, uid: int, gid: int) -> None:
+def chown_tree(path: str, uid: int, gid: int) -> None:
     """Give `path` (a directory tree, or a disk image) to the jail's uid. A read-only file system
     is left as it is: the VMM then fails to write there, and says so, as it would unjailed."""
     try:

@@ -278,6 +278,10 @@ def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tup
     from .clones import copies_said, seed_disks
     from .snapshots import pick_restore
     snap, why_not = pick_restore(vm_dir, spec)
+    if snap is not None and spec.snapshots.get("pool"):
+        pooled = _from_pool(vm_dir, vm, spec, snap, warn)
+        if pooled:
+            return RESTORED, pooled
     if snap is not None:
         placeholders = [d["path"] for d in vm.get("disks", []) if d.get("seed") and not os.path.exists(d["path"])]
         try:
@@ -296,6 +300,20 @@ def _start(vm_dir: VmDir, vm: dict, spec, action: str, detail: str, warn) -> tup
     made = seed_disks(vm, restoring=False)
     vmctl.start(vm_dir, vm)
     return action, _joined(detail, copies_said(made))
+
+
+def _from_pool(vm_dir: VmDir, vm: dict, spec, snap: Path, warn) -> str:
+    """The restore into a warm VMM of the pool (pool.py), when one is ready: the apply line's detail,
+    "" when none was (or it failed: said, and the VM starts the usual way)."""
+    from .clones import seed_disks
+    from .pool import PoolMiss, restore_into_warm
+    try:
+        seed_disks(vm, restoring=True)
+        if restore_into_warm(vm_dir, vm, snap, spec.snapshots.get("clock", "continue"), vm_dir.read_applied()):
+            return f"from {snap.name}, into a warm VMM"
+    except PoolMiss as e:
+        warn(f"vm/{spec.name}: {e}; starting it the usual way")
+    return ""
 
 
 def _joined(*parts: str) -> str:

@@ -42,6 +42,9 @@ def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prun
     if prune:
         for name in ap.prunable(specs, home, [resolver.scope(p, recursive) for p in paths if p != "-"]):
             yield ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
+    if not dry_run:
+        from .pool import fill
+        fill(home)                             # warm VMMs for the specs' snapshots.pool, in the background
 
 
 def _dry_run(spec, home: Path, resolver: Resolver, force_conflicts: bool) -> ap.Result:

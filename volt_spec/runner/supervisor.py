@@ -3,7 +3,7 @@
 It outlives the VMM so that `volt status` can trust an exit record even after a
 `kill -9` of the VMM. Run detached by `volt apply`:
 
-    python -m volt_spec.runner.supervisor VMDIR GENERATION -- volt-vmm ARGS...
+    python -m volt_spec.runner.supervisor VMDIR GENERATION [--jail FILE] [--tap=NAME]... [--pool] -- volt-vmm ARGS...
 """
 
 from __future__ import annotations
@@ -156,11 +156,18 @@ class ConsoleHub:
 
 
 class Supervisor:
+    """`pool`: a warm VMM's supervisor (runner/pool.py), which a VM adopts later: it then answers
+    one request on control.sock, {"vm_dir", "generation", "console_log"}, and from then on keeps
+    that VM's console, instance and exit records instead of the pool entry's."""
+
     def __init__(self, vm_dir: Path, generation: str, vmm_cmd: list[str], log_console: bool,
-                 jail: str | None = None, taps: list[str] = ()) -> None:
+                 jail: str | None = None, taps: list[str] = (), pool: bool = False) -> None:
         self.vm_dir, self.generation, self.vmm_cmd = vm_dir, generation, vmm_cmd
-        self.jail_file, self.taps, self.jail = jail, list(taps), None
+        self.jail_file, self.taps, self.jail, self.pool = jail, list(taps), None, pool
         self.console = ConsoleLog(vm_dir / "console.log", log_console)
+        self.err_log: ConsoleLog | None = None
+        self.hub: ConsoleHub | None = None
+        self.switch = threading.Lock()        # held while an adoption moves the records
         self.stderr_tail: list[str] = []
         self.output_hooks: list = []          # callables(bytes) fed with console output (policies)
 
@@ -179,41 +186,90 @@ class Supervisor:
             sys.stderr.write(f"supervisor: cannot start the VMM: {describe(e)}\n")
             return getattr(e, "errno", None) or 1
         self.proc = proc
+        self.started_at = time.time()
         try:
-            write_json(self.vm_dir / "instance.json", {
-                "generation": self.generation,
-                "supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid()),
-                "vmm_pid": proc.pid, "vmm_start": start_ticks(proc.pid),
-                "started_at": time.time(), "api_sock": str(self.vm_dir / "run" / "api.sock"),
-                "cmd": self.vmm_cmd, "jail": self.jail,
-            })
+            self._write_instance()
         except OSError as e:                # never leave a VMM running that nobody can find
             proc.kill()
             proc.wait()
             self.reserve.release()
             sys.stderr.write(f"supervisor: cannot write instance.json: {e.strerror}\n")
             return e.errno or 1
-        hub = ConsoleHub(self.vm_dir / "console.sock", proc.stdin)
+        self.hub = ConsoleHub(self.vm_dir / "console.sock", proc.stdin)
         signal.signal(signal.SIGTERM, lambda *_: self._forward(signal.SIGTERM))
         signal.signal(signal.SIGINT, lambda *_: self._forward(signal.SIGTERM))
+        self.err_log = ConsoleLog(self.vm_dir / "supervisor.log", True)
         err_thread = threading.Thread(target=self._pump_stderr, daemon=True)
         err_thread.start()
+        if self.pool:
+            threading.Thread(target=self._serve_adoption, daemon=True).start()
         while True:
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
                 break
-            self.console.write(data)
-            hub.broadcast(data)
+            with self.switch:
+                self.console.write(data)
+                self.hub.broadcast(data)
             for hook in self.output_hooks:
                 hook(data)
         code = proc.wait()
         err_thread.join(timeout=5)
-        hub.close()
-        self._record_exit(code)
+        with self.switch:
+            self.hub.close()
+            self._record_exit(code)
         if self.jail:
             from ..jail.cgroups import remove
             remove({str(i): path for i, path in enumerate(self.jail["cgroup"])})
         return 0
+
+    def _write_instance(self) -> None:
+        write_json(self.vm_dir / "instance.json", {
+            "generation": self.generation,
+            "supervisor_pid": os.getpid(), "supervisor_start": start_ticks(os.getpid()),
+            "vmm_pid": self.proc.pid, "vmm_start": start_ticks(self.proc.pid),
+            "started_at": self.started_at, "api_sock": str(self.vm_dir / "run" / "api.sock"),
+            "cmd": self.vmm_cmd, "jail": self.jail, **({"pool": True} if self.pool else {}),
+        })
+
+    def _serve_adoption(self) -> None:
+        """control.sock (0600, root's): the one request that makes this warm VMM a VM's."""
+        import json
+        path = self.vm_dir / "control.sock"
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old)
+        server.listen(1)
+        while self.pool:
+            conn, _ = server.accept()
+            with conn:
+                try:
+                    request = json.loads(conn.makefile("rb").readline() or b"{}")
+                    self.adopt(Path(request["vm_dir"]), str(request["generation"]), bool(request["console_log"]))
+                    reply = {"ok": True}
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    reply = {"ok": False, "error": describe(e)}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+        server.close()
+
+    def adopt(self, vm_dir: Path, generation: str, log_console: bool) -> None:
+        """From now on keep `vm_dir`'s records: its console log and socket, supervisor.log, the
+        space for its exit record, and its instance.json (written last: it makes the VM visible)."""
+        with self.switch:
+            reserve = ExitReserve(vm_dir / ".exit-reserve")
+            self.reserve.release()
+            self.reserve, self.vm_dir, self.generation, self.pool = reserve, vm_dir, generation, False
+            self.started_at = time.time()             # the VM's start: its uptime is from now
+            if self.console.fd is not None:
+                os.close(self.console.fd)
+            self.console = ConsoleLog(vm_dir / "console.log", log_console)
+            old_err, self.err_log = self.err_log, ConsoleLog(vm_dir / "supervisor.log", True)
+            os.close(old_err.fd)
+            self.hub.close()
+            self.hub = ConsoleHub(vm_dir / "console.sock", self.proc.stdin)
+            self._write_instance()
 
     def _spawn(self) -> subprocess.Popen:
         """The VMM, in its jail when there is a jail file (jail/enter.py), else as it is."""
@@ -234,9 +290,8 @@ class Supervisor:
     def _pump_stderr(self) -> None:
         """The VMM's stderr into supervisor.log; drained even when the log cannot be written
         (a full disk), or the VMM would block on its next warning."""
-        log = ConsoleLog(self.vm_dir / "supervisor.log", True)
         for raw in self.proc.stderr:
-            log.write(raw)
+            self.err_log.write(raw)
             line = raw.decode(errors="replace").strip()
             if line:
                 self.stderr_tail = (self.stderr_tail + [line])[-STDERR_TAIL:]
@@ -273,14 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv or argv.index("--") < 2 or len(argv) < argv.index("--") + 2:
         sys.stderr.write("usage: python -m volt_spec.runner.supervisor VMDIR GENERATION "
-                         "[--jail FILE] [--tap=NAME]... -- CMD...\n")
+                         "[--jail FILE] [--tap=NAME]... [--pool] -- CMD...\n")
         return 2
     split = argv.index("--")
     vm_dir, generation, opts, cmd = Path(argv[0]), argv[1], argv[2:split], argv[split + 1:]
     jail = opts[opts.index("--jail") + 1] if "--jail" in opts else None
     taps = [o.removeprefix("--tap=") for o in opts if o.startswith("--tap=")]
     log_console = os.environ.get("VOLT_CONSOLE_LOG", "1") != "0"
-    return Supervisor(vm_dir, generation, cmd, log_console, jail, taps).run()
+    return Supervisor(vm_dir, generation, cmd, log_console, jail, taps, pool="--pool" in opts).run()
 
 
 if __name__ == "__main__":

@@ -43,15 +43,7 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     """The VM's jail: its kernel, initrd and disks, its run and state directories, and what the
     Python VMM needs; a uid of its own; limits from spec.resources (apply.resolve's defaults)."""
     from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
-    from .home import all_vm_names
-    from .home import read_json
-    taken = set()
-    for other in all_vm_names(vm_dir.home):       # what others run as, and what they were given to
-        if other != vm_dir.name:                  # start as (jail.json: a start under way)
-            o = VmDir(vm_dir.home, other)
-            taken.add(((o.read_instance() or {}).get("jail") or {}).get("uid"))
-            taken.add((read_json(o.jail_file) or {}).get("uid"))
-    uid = jail_uid(vm_dir.name, taken)
+    uid = jail_uid(vm_dir.name, taken_uids(vm_dir.home, vm_dir.path))
     disks = vm.get("disks", [])
     files = [vm["kernel"], *([vm["initrd"]] if vm.get("initrd") else [])]
     ro = python_paths() + files + ["/sys/module"] + [d["path"] for d in disks if d.get("readOnly")]
@@ -65,6 +57,22 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
     return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
                       ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
                       limits=limits, preopen=str(restore_from) if foreign else None)
+
+
+def taken_uids(home: Path, mine: Path | None = None) -> set:
+    """The jail uids other VMs and warm VMMs (pool.py) run as, or were given to start as (jail.json:
+    a start under way); `mine`: the directory whose own uid does not count."""
+    from .home import all_vm_names, read_json
+    folders = [home / "vms" / name for name in all_vm_names(home)]
+    pool = home / "pool"
+    if pool.is_dir():
+        folders += [e for shape in pool.iterdir() if shape.is_dir() for e in shape.iterdir() if e.is_dir()]
+    taken = set()
+    for folder in folders:
+        if folder != mine:
+            taken.add(((read_json(folder / "instance.json") or {}).get("jail") or {}).get("uid"))
+            taken.add((read_json(folder / "jail.json") or {}).get("uid"))
+    return taken
 
 
 @contextmanager

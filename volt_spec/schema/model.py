@@ -143,7 +143,7 @@ def _snapshots(raw: dict) -> dict:
     else:                                    # latest/never boot when there is nothing; an id does not
         fallback = "boot" if restore in ("latest", "never") else "error"
     return {"restore": restore, "fallback": fallback, "clock": raw.get("clock", "continue"),
-            "triggers": triggers, "retain": retain}
+            "triggers": triggers, "retain": retain, **({"pool": raw["pool"]} if raw.get("pool") else {})}
 
 
 def _devices(source: str, raw: dict, vm: str, replica: int | None) -> dict:

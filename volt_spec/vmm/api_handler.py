@@ -108,17 +108,18 @@ class VmmApi:
         meta = body.get("meta") or {}
         if not isinstance(meta, dict):
             raise ApiError(400, "meta must be an object")
+        from ..fsutil import local_path
         dest = snapshot_path(body, self.state_dir)
         try:
             with self.machine.snapshot_lock:
-                result = persist.save(self.machine, dest, meta, resume=resume is not False)
+                result = persist.save(self.machine, local_path(dest), meta, resume=resume is not False)
         except SnapshotError as e:
             raise ApiError(400, str(e)) from None
         except OSError as e:
             raise ApiError(500, f"writing the snapshot failed: {e.strerror or e}") from None
         if meta.get("expire") is True and self.machine.policy is not None:
             self.machine.policy.apply_retention()
-        return result
+        return dict(result, path=dest) if isinstance(result, dict) and "path" in result else result
 
     def snapshot_load(self, body: dict, fds: tuple = ()) -> dict | None:
         raise ApiError(400, "PUT /snapshot/load is only valid before boot, and this VM has booted")
@@ -136,8 +137,9 @@ class VmmApi:
         """A new snapshot policy, all or nothing: a bad field is a 400 and the old policy stays."""
         from .builder import attach_policy
         from .config import PolicyConfig, VmmConfigError
+        from ..fsutil import local_path
         if isinstance(body, dict) and body.get("snapshot_dir") is not None:
-            body = dict(body, snapshot_dir=snapshot_path(body, self.state_dir, "snapshot_dir", may_be_root=True))
+            body = dict(body, snapshot_dir=local_path(snapshot_path(body, self.state_dir, "snapshot_dir", may_be_root=True)))
         try:
             policy = PolicyConfig.from_dict(body)
         except VmmConfigError as e:

@@ -25,7 +25,7 @@ from ..devices.virtio.blk import VirtioBlk
 from ..devices.virtio.mmio import VirtioMmio
 from ..devices.virtio.net import VirtioNet
 from ..devices.virtio.tap import Tap
-from ..fsutil import copy_file
+from ..fsutil import copy_file, preopened_fd
 from ..jail import enter_device_thread
 from .config import DriveConfig, NetConfig, device_name, tap_name
 from .config.devices import mac_text
@@ -60,7 +60,14 @@ class LineIrq:
 
 
 def identity(path: str) -> dict:
-    st = os.stat(path)
+    fd = preopened_fd(path)                 # a warm VMM's disk: the fd volt handed over
+    if fd is None:
+        st = os.stat(path)
+    else:
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
@@ -186,7 +193,7 @@ class VirtioDevices:
         return out
 
     @staticmethod
-    def configs_for_restore(saved: list[dict], snapshot_dir: str, disk_overrides: dict[str, str],
+    def configs_for_restore(saved: list[dict], snapshot_dir: str | None, disk_overrides: dict[str, str],
                             tap_overrides: dict[str, str], mac_overrides: dict[str, str] | None = None,
                             copied: dict[str, str] | None = None) -> tuple[list, list]:
         """Disk and NIC configs to rebuild the devices, in the saved order, with overrides applied.
@@ -210,7 +217,7 @@ class VirtioDevices:
                     if target == d["path"] and (now["size"], now["mtime_ns"]) != (was.get("size"), was.get("mtime_ns")):
                         raise VirtioError(f"disk {name}: {target} changed since the snapshot; "
                                           f"restoring over it would not match the guest's memory")
-                else:
+                elif snapshot_dir is not None:    # None: volt put it back already (a warm VMM's load)
                     from ..snapshot.format import snapshot_file
                     how = copy_file(snapshot_file(snapshot_dir, d.get("copy"), f"copy of disk {name}"), target)
                     if copied is not None:

@@ -25,13 +25,14 @@ from .machine import Machine
 from .sync import Flag
 
 WARM = "Warm"
-FD_ROLES = ("state", "memory", "fingerprint")
+FD_ROLES = ("state", "memory", "fingerprint", "state_dir")
+DEVICE_ROLES = ("disk:", "tap:")           # + a device name: that disk's or NIC's tap's fd
 REQUIRED_ROLES = ("state", "memory")
-LOAD_FIELDS = {"fds", "clock", "resume_vm", "snapshot_id", "_arrived_ns"}
+LOAD_FIELDS = {"fds", "clock", "resume_vm", "snapshot_id", "_arrived_ns", "vm"}
 PREIMPORT = ("snapshot.b64", "snapshot.fingerprint", "snapshot.memory_file", "snapshot.restore",
              "snapshot.vcpu_state", "snapshot.vm_state", "vmm.builder", "vmm.persist", "vmm.api_handler")
 ALL_RUNNING_WAIT_S = 1.0
-MAX_FDS = 8                     # fds one request may pass (a state, a memory file, a fingerprint, ...)
+MAX_FDS = 32                    # fds one request may pass (state, memory, fingerprint, state dir, disks, taps)
 
 
 def prepare(kvm, config) -> Machine:
@@ -147,13 +148,51 @@ class WarmApi:
         timing["checked_ns"] = time.perf_counter_ns()
         machine = self.machine
         _, machine.boot_source = persist.machine_of(state, options["snapshot_id"])
+        if options["vm"] is not None:
+            self._become(options["vm"], options)
         if state.get("virtio"):
-            raise SnapshotError(f"snapshot {options['snapshot_id']} has virtio devices; a warm VMM does not "
-                                f"restore disks or NICs yet (restore it cold)")
+            self._attach_virtio(state["virtio"], options)
         persist.restore(machine, state, options["clock"])
         machine.booted_from = f"snapshot {options['snapshot_id']}"
         machine.boot_protocol = machine.boot_source.boot or "snapshot"
+        if (options["vm"] or {}).get("policy") is not None:
+            from ..fsutil import local_path
+            from .builder import attach_policy
+            policy = options["vm"]["policy"]
+            policy.snapshot_dir = local_path(policy.snapshot_dir or options["vm"]["state_dir"])
+            attach_policy(machine, policy)
         timing["restored_ns"] = time.perf_counter_ns()
+
+    def _become(self, vm: dict, options: dict) -> None:
+        """Take on the identity of the VM volt makes of this one: its name, its state directory
+        (handed over as a directory fd, reached through /proc/self/fd: it is not in this jail) and
+        its snapshot policy (attach_policy, once booted_from is known). The fds passed live only
+        during the request: kept as dups."""
+        from ..fsutil import register_fd
+        self.config.name = vm["name"]
+        self.config.api.state_dir = vm["state_dir"]
+        register_fd(vm["state_dir"], os.dup(options["state_dir"]))
+
+    def _attach_virtio(self, saved: list, options: dict) -> None:
+        """The snapshot's disks and NICs, on the files and taps volt handed over (every one named:
+        a snapshot's own paths are never used), the writable disks already put back by volt."""
+        from ..devices.virtio.tap import register
+        from ..fsutil import register_fd
+        from .virtio import VirtioDevices
+        vm = options["vm"] or {}
+        disks, taps = vm.get("disks", {}), vm.get("taps", {})
+        for entry in saved:
+            name, kind = entry.get("name"), entry.get("kind")
+            if (kind == "blk" and name not in disks) or (kind != "blk" and name not in taps):
+                raise SnapshotError(f"snapshot {options['snapshot_id']} has {'disk' if kind == 'blk' else 'NIC'} "
+                                    f"{name!r}, and the load handed over none by that name")
+        for name, path in disks.items():
+            register_fd(path, os.dup(options[f"disk:{name}"]))
+        for name, tap in taps.items():
+            register(tap, os.dup(options[f"tap:{name}"]))
+        drives, nets = VirtioDevices.configs_for_restore(saved, None, disks, taps, vm.get("macs"))
+        self.machine.devices.attach_virtio(drives, nets, self.config.virtio, self.config.name,
+                                           self.machine.exit_event)
 
     def _launch(self, options: dict, timing: dict) -> None:
         from .builder import launch
@@ -190,8 +229,9 @@ def load_options(body: dict, fds: tuple) -> dict:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)} (a warm VMM loads by fds, not snapshot_path)"
                        if "snapshot_path" in unknown else f"unknown field(s) {', '.join(unknown)}")
     named = body.get("fds")
-    if not isinstance(named, dict) or set(named) - set(FD_ROLES) or not set(REQUIRED_ROLES) <= set(named):
-        raise ApiError(400, 'fds must name the passed fds by role: {"state": i, "memory": j[, "fingerprint": k]}')
+    if not isinstance(named, dict) or not all(fd_role(r) for r in named) or not set(REQUIRED_ROLES) <= set(named):
+        raise ApiError(400, 'fds must name the passed fds by role: {"state": i, "memory": j[, "fingerprint": k, '
+                            '"state_dir": l, "disk:NAME": m, "tap:NAME": n]}')
     out: dict = {}
     for role, index in named.items():
         if type(index) is not int or not 0 <= index < len(fds):
@@ -206,7 +246,56 @@ def load_options(body: dict, fds: tuple) -> dict:
     resume = body.get("resume_vm", True)
     if not isinstance(resume, bool):
         raise ApiError(400, "resume_vm must be true or false")
-    return dict(out, clock=clock, snapshot_id=snapshot_id, resume_vm=resume)
+    return dict(out, clock=clock, snapshot_id=snapshot_id, resume_vm=resume, vm=vm_section(body.get("vm"), out))
+
+
+def fd_role(role: object) -> bool:
+    from .config import VmmConfigError, device_name
+    if role in FD_ROLES:
+        return True
+    prefix = next((p for p in DEVICE_ROLES if isinstance(role, str) and role.startswith(p)), None)
+    try:
+        return prefix is not None and bool(device_name(role[len(prefix):], "fd role"))
+    except VmmConfigError:
+        return False
+
+
+VM_FIELDS = {"name", "state_dir", "disks", "taps", "macs", "policy"}
+
+
+def vm_section(value: object, fds: dict) -> dict | None:
+    """The load's `vm`: who this VMM becomes (name, state_dir: a path checked like --state-dir, its
+    fd passed as "state_dir"), its disks {NAME: path} and taps {NAME: tap}, each passed as a
+    "disk:NAME" / "tap:NAME" fd, its MACs, and its snapshot policy. None: stay anonymous."""
+    from ..names import BadName, vm_name
+    from .config import PolicyConfig, VmmConfigError, device_name, mac_text, path_text, tap_name
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - VM_FIELDS or "name" not in value or "state_dir" not in value:
+        raise ApiError(400, f"vm must be an object with name and state_dir (and {', '.join(sorted(VM_FIELDS - {'name', 'state_dir'}))})")
+    paths = [value["state_dir"], *_obj(value, "disks").values()]
+    if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
+        raise ApiError(400, "vm.state_dir and vm.disks must be absolute paths")
+    try:
+        out = {"name": vm_name(value["name"]), "state_dir": path_text(value["state_dir"], "vm.state_dir"),
+               "disks": {device_name(k, "vm.disks"): path_text(v, f"vm.disks.{k}") for k, v in _obj(value, "disks").items()},
+               "taps": {device_name(k, "vm.taps"): tap_name(v, f"vm.taps.{k}") for k, v in _obj(value, "taps").items()},
+               "macs": {device_name(k, "vm.macs"): mac_text(v, f"vm.macs.{k}") for k, v in _obj(value, "macs").items()},
+               "policy": PolicyConfig.from_dict(value["policy"], "vm.policy") if value.get("policy") else None}
+    except (VmmConfigError, BadName) as e:
+        raise ApiError(400, str(e)) from None
+    missing = (["state_dir"] if "state_dir" not in fds else []) + [f"disk:{n}" for n in out["disks"] if f"disk:{n}" not in fds] \
+        + [f"tap:{n}" for n in out["taps"] if f"tap:{n}" not in fds]
+    if missing:
+        raise ApiError(400, f"vm names {', '.join(missing)} but no fd was passed for it")
+    return out
+
+
+def _obj(value: dict, key: str) -> dict:
+    got = value.get(key, {})
+    if not isinstance(got, dict):
+        raise ApiError(400, f"vm.{key} must be an object of NAME: VALUE")
+    return got
 
 
 def read_small(fd: int | None, limit: int = 4096) -> bytes | None:

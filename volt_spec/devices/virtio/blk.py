@@ -66,6 +66,19 @@ class BlkState(DeviceState):
     FIELDS = {name: (int, 0) for name in COUNTERS}
 
 
+def _open_disk(path: str, read_only: bool) -> int:
+    """The disk's fd: the one volt handed over for `path` (a warm VMM's, fsutil.register_fd), else opened."""
+    import fcntl
+    from ...fsutil import preopened_fd
+    fd = preopened_fd(path)
+    if fd is None:
+        return os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    if not read_only and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDWR:
+        os.close(fd)
+        raise ValueError(f"disk image {path}: the fd handed over is not open for writing")
+    return fd
+
+
 class VirtioBlk:
     """A disk backed by the host file at `path` (regular file or block device)."""
 
@@ -77,8 +90,7 @@ class VirtioBlk:
         ident = disk_id.encode("ascii")
         if len(ident) > ID_BYTES:
             raise ValueError(f"virtio-blk disk id {disk_id!r} is longer than {ID_BYTES} bytes")
-        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-        self._fd = os.open(path, flags)
+        self._fd = _open_disk(path, read_only)
         size = os.lseek(self._fd, 0, os.SEEK_END)
         if size % SECTOR_SIZE:
             os.close(self._fd)

@@ -37,8 +37,19 @@ def mac_for(name: str) -> bytes:
 TAP_FDS_ENV = "VOLT_TAP_FDS"        # "name=fd,...": taps the jail opened for this VMM
 
 
+_handed: dict[str, int] = {}
+
+
+def register(name: str, fd: int) -> None:
+    """Tap `name` is `fd`, handed over by volt to a warm VMM (which may not open taps itself)."""
+    _handed[name] = fd
+
+
 def inherited_fd(name: str) -> int | None:
-    """The fd of tap `name` that the jail handed over, if any (close-on-exec from here on)."""
+    """The fd of tap `name` that the jail (or volt, to a warm VMM) handed over, if any
+    (close-on-exec from here on)."""
+    if name in _handed:
+        return _handed.pop(name)
     for item in os.environ.get(TAP_FDS_ENV, "").split(","):
         tap, _, fd = item.partition("=")
         if tap == name and fd.isdigit():

@@ -1,0 +1,90 @@
+"""The warm pool (spec.snapshots.pool): warm VMMs of a shape made ahead; a restore takes one, and
+the warm VMM becomes the VM: its console, API, snapshots, stop trigger, disks and taps all work."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+from .netns import empty_namespace, in_netns, links
+from .test_e2e_clones import rounds, said, spec
+from .timing import scaled
+from .voltcli import Volt
+
+pytestmark = pytest.mark.hwlane
+
+POOLED = "  replicas: 2\n  snapshots: {restore: gold, pool: 1, triggers: [{trigger: stop}]}\n"
+
+
+def pool_line(volt) -> str:
+    return next((ln for ln in volt("status").stdout.splitlines() if ln.startswith("pool: ")), "")
+
+
+def wait_pool_ready(volt, ready: int) -> str:
+    deadline = time.monotonic() + scaled(30)
+    while f"{ready} of" not in (line := pool_line(volt)):
+        assert time.monotonic() < deadline, f"the pool did not fill: {line!r}"
+        time.sleep(0.1)      # warm VMMs start in the background: poll what status says
+    return line
+
+
+def warm_pids() -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and _is_warm(p)}
+
+
+def _is_warm(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"--warm\0" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def volt_ns(tmp_path, volt):
+    with empty_namespace("pool") as ns:
+        v = Volt(volt.home, prefix=in_netns(ns, []))
+        v.ns = ns
+        yield v
+        v("delete", "--all", check=None)
+
+
+def test_a_pooled_restore_becomes_the_vm_in_a_warm_vmm(volt_ns, tmp_path):
+    volt = volt_ns
+    volt("apply", spec(tmp_path, "src", "src.img", "vt-src"))
+    checksum = re.search(r"^mem-ok (\w+)", volt.wait_log("src", "mem-ok"), re.M).group(1)
+    volt.wait_log("src", "blk-round")
+    volt.wait_log("src", "tick 3 ")
+    snap = json.loads(volt("snapshot", "src", "--name", "gold", "-o", "json").stdout)
+    volt("delete", "src")
+
+    web = spec(tmp_path, "web", "seed.img", "vt-{name}", extra=POOLED)
+    assert said(volt("apply", web))[0].startswith(f"vm/web-0 restored from {snap['id']}")
+    line = wait_pool_ready(volt, 1)
+    assert re.fullmatch(r"pool: 1cpu-128mib: 1 of 1 warm VMMs ready, [\d.]+ MiB private memory", line), line
+    warm = json.loads((next((volt.home / "pool" / "1cpu-128mib").iterdir()) / "instance.json").read_text())
+
+    assert said(volt("scale", "web", "3"))[2] == f"vm/web-2 restored from {snap['id']}, into a warm VMM"
+    row = volt.state("web-2")
+    assert row["state"] == "running" and row["pid"] == warm["vmm_pid"] and row["booted_from"] == f"snapshot {snap['id']}"
+    assert row["jail"]["uid"] == warm["jail"]["uid"]                # the VM keeps the warm VMM's own uid
+    log = volt.wait_log("web-2", "blk-round")
+    assert re.search(r"^mem-ok (\w+)", volt.wait_log("web-2", "mem-ok"), re.M).group(1) == checksum
+    assert int(re.search(r"^tick (\d+) ", log, re.M).group(1)) > 3 and rounds(log)
+    assert "vt-web-2" in links(volt.ns)
+    wait_pool_ready(volt, 1)                                        # refilled in the background
+
+    # Its API, snapshots (into the VM's folder, handed over as a directory fd) and stop trigger.
+    taken = json.loads(volt("snapshot", "web-2", "-o", "json").stdout)
+    assert (volt.home / "snapshots" / "web-2" / taken["id"] / "state.json").is_file()
+    assert volt("stop", "web-2").stdout.strip() == "vm/web-2 stopped (powered off)"
+    rows = json.loads(volt("snapshots", "list", "web-2", "-o", "json").stdout)
+    assert sorted(r["trigger"] for r in rows) == ["manual", "stop"] and all(r["valid"] for r in rows), rows
+    assert volt.state("web-2")["state"] == "stopped"
+
+    volt("delete", "--all")
+    assert not any((volt.home / "pool").glob("*/*")) and not warm_pids() & {warm["vmm_pid"]}
