@@ -20,7 +20,10 @@
    snapshot (serving its API, as every VMM volt starts does) (target: within 1.1x: the snapshot's pages are shared through the page cache, not
    copied per clone), and the total PSS.
 
-usage: python benchmarks/pool.py [--restores 200] [--batch 8] [--cold-runs 20] [--clones 20]
+5. `volt apply` of a VM restored into a warm VMM of the runner's pool (spec.snapshots.pool) beside
+   the same restore started cold (`--apply-runs`, each; wall time of the whole command).
+
+usage: python benchmarks/pool.py [--restores 200] [--batch 8] [--cold-runs 20] [--clones 20] [--apply-runs 10]
 """
 
 from __future__ import annotations
@@ -216,6 +219,58 @@ def sharing(work: Path, guest: str, clones: int) -> list[list]:
             [f"{clones} warm clones: total PSS", f"{sum(p for _, p in mem) / 1024:.1f} MiB", ""]]
 
 
+APPLY_SPEC = """apiVersion: volt/v1
+kind: VirtualMachine
+metadata: {{name: {name}}}
+spec:
+  kernel: {{path: "builtin:testguest", cmdline: "{cmdline}"}}
+  memory: 128Mi
+  snapshots: {{restore: {restore}, pool: {pool}}}
+"""
+
+
+def apply_times(work: Path, runs: int) -> tuple[list[float], list[float]]:
+    """`volt apply` wall time (ms) of a VM restored into a warm VMM of the pool, and of the same
+    restore started cold (pool: 0), alternating; an anchor VM of the shape keeps the pool wanted.
+    Each pooled run waits first until the pool is refilled (the refill runs in the background)."""
+    env = dict(os.environ, VOLT_HOME=str(work / "volt-home"))
+
+    def volt(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "volt_spec", *args], env=env, check=True, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL).stdout
+
+    def spec(name: str, restore: str = "never", pool: int = 0) -> str:
+        path = work / f"{name}.yaml"
+        path.write_text(APPLY_SPEC.format(name=name, cmdline=TICKS, restore=restore, pool=pool))
+        return str(path)
+    volt("apply", spec("src"))
+    log = work / "volt-home" / "vms" / "src" / "console.log"
+    deadline = time.monotonic() + WAIT_S
+    while b"tick 3 " not in (log.read_bytes() if log.exists() else b""):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the source VM did not tick")
+        time.sleep(0.01)
+    volt("snapshot", "src", "--name", "gold")
+    volt("delete", "src")
+    volt("apply", spec("anchor", "gold", 1))
+    pooled, cold = [], []
+    for _ in range(runs):
+        deadline = time.monotonic() + WAIT_S
+        while "1 of 1 warm VMMs ready" not in volt("status"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the pool did not refill")
+            time.sleep(0.05)
+        for name, pool, out in (("p", 1, pooled), ("c", 0, cold)):
+            t0 = time.perf_counter()
+            said = volt("apply", spec(name, "gold", pool))
+            out.append((time.perf_counter() - t0) * 1000)
+            if ("into a warm VMM" in said) != bool(pool):
+                raise RuntimeError(f"unexpected: {said.strip()}")
+            volt("delete", name)
+    volt("delete", "--all")
+    return pooled, cold
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -232,6 +287,7 @@ def main() -> None:
     ap.add_argument("--cold-runs", type=int, default=20)
     ap.add_argument("--clones", type=int, default=20)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--apply-runs", type=int, default=10, help="volt apply of a pooled VM vs a cold one, each")
     args = ap.parse_args()
     guest = str(build_guest())
     with tempfile.TemporaryDirectory(prefix="volt-pool-bench-") as tmp:
@@ -253,7 +309,12 @@ def main() -> None:
               f"{pct(warm['here'], 0.5) / pct(cold, 0.5):.3f}; load -> KVM_RUN p50 / cold p50: "
               f"{p50 / pct(cold, 0.5):.4f}")
         print(f"burst: 16 concurrent clone restores, all printing: {burst_ms:.1f} ms (Cloud Hypervisor mmap fork: 613 ms)")
-        print("volt apply of a pooled VM: not measured yet (the runner's pool is not built)")
+        pooled, cold_apply = apply_times(work, args.apply_runs)
+        print()
+        print(tabulate([row("volt apply, restored into a warm VMM of the pool", pooled),
+                        row("volt apply, the same restore started cold (pool: 0)", cold_apply)],
+                       headers=["ms", "n", "p50", "p99", "max", ""]))
+        print(f"volt apply pooled / cold, p50: {pct(pooled, 0.5) / pct(cold_apply, 0.5):.2f}")
         if not args.skip_memory:
             print()
             print(tabulate(sharing(work, guest, args.clones), headers=["memory", "", ""]))
