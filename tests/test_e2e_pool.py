@@ -85,6 +85,11 @@ def test_a_pooled_restore_becomes_the_vm_in_a_warm_vmm(volt_ns, tmp_path):
     rows = json.loads(volt("snapshots", "list", "web-2", "-o", "json").stdout)
     assert sorted(r["trigger"] for r in rows) == ["manual", "stop"] and all(r["valid"] for r in rows), rows
     assert volt.state("web-2")["state"] == "stopped"
+    wait_pool_ready(volt, 1)
+    stop = next(r["id"] for r in rows if r["trigger"] == "stop")
+    assert re.fullmatch(rf"vm/web-2 restored from {stop}, into a warm VMM in \d+ ms",
+                        volt("restore", "web-2", "--snapshot", stop).stdout.strip())
+    assert volt.wait_state("web-2", "running")["booted_from"] == f"snapshot {stop}"
 
     volt("delete", "--all")
     assert not any((volt.home / "pool").glob("*/*")) and not warm_pids() & {warm["vmm_pid"]}

@@ -142,15 +142,29 @@ def restore(name: str = typer.Argument(..., help="The VM to replace by a restore
     snap = rows[-1]
     import time
     t0 = time.monotonic()
+    clock = (applied.get("snapshots") or {}).get("clock", "continue")
     with vm_dir.lock():
         vmctl.kill_now(vm_dir)
+        how = _into_warm(vm_dir, applied, Path(snap["path"]), clock)
         try:
-            vmctl.start(vm_dir, applied["vm"], restore_from=Path(snap["path"]),
-                        clock=(applied.get("snapshots") or {}).get("clock", "continue"))
+            if not how:
+                vmctl.start(vm_dir, applied["vm"], restore_from=Path(snap["path"]), clock=clock)
         except vmctl.VmStartError as e:
             err(f"vm/{name}: restore of {snap['id']} failed: {e}")
             raise typer.Exit(rc.FAILED)
-    typer.echo(f"vm/{name} restored from {snap['id']} in {(time.monotonic() - t0) * 1000:.0f} ms")
+    typer.echo(f"vm/{name} restored from {snap['id']}{how} in {(time.monotonic() - t0) * 1000:.0f} ms")
+
+
+def _into_warm(vm_dir, applied: dict, snap: Path, clock: str) -> str:
+    """", into a warm VMM" when the VM asks for a pool and one of its shape was ready, else ""."""
+    if not (applied.get("snapshots") or {}).get("pool"):
+        return ""
+    from ..runner.pool import PoolMiss, restore_into_warm
+    try:
+        return ", into a warm VMM" if restore_into_warm(vm_dir, applied["vm"], snap, clock, applied) else ""
+    except PoolMiss as e:
+        err(f"warning: vm/{vm_dir.name}: {e}; starting it the usual way")
+        return ""
 
 
 @snapshots_app.command("list")
