@@ -9,6 +9,17 @@ from .voltcli import Volt
 
 
 @pytest.fixture
+def volt_ns(volt):
+    """`volt` run inside a network namespace of its own (`.ns`), where the VMMs create their taps."""
+    from .netns import empty_namespace, in_netns
+    with empty_namespace("volt") as ns:
+        v = Volt(volt.home, prefix=in_netns(ns, []))
+        v.ns = ns
+        yield v
+        v("delete", "--all", check=None)
+
+
+@pytest.fixture
 def volt(tmp_path):
     """The `volt` CLI with a $VOLT_HOME of its own; every VM it made is deleted afterwards."""
     require_kvm()

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from .netns import empty_namespace, in_netns, links
+from .netns import links
 from .timing import scaled
-from .voltcli import Volt, write
+from .voltcli import write
 
 pytestmark = pytest.mark.hwlane
 
@@ -43,16 +43,6 @@ def disk_round(path) -> int:
 
 def rounds(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"^blk-round (\d+) ok", log, re.M)]
-
-
-@pytest.fixture
-def volt_ns(tmp_path, volt):
-    """`volt` run inside a network namespace of its own, where the VMMs create their taps."""
-    with empty_namespace("clones") as ns:
-        v = Volt(volt.home, prefix=in_netns(ns, []))
-        v.ns = ns
-        yield v
-        v("delete", "--all", check=None)
 
 
 def test_replicas_are_clones_of_one_snapshot_each_with_its_own_disk_tap_and_generation_id(volt_ns, tmp_path):

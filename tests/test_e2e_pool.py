@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from .netns import empty_namespace, in_netns, links
+from .netns import links
 from .test_e2e_clones import rounds, said, spec
 from .timing import scaled
-from .voltcli import Volt
 
 pytestmark = pytest.mark.hwlane
 
@@ -42,15 +41,6 @@ def _is_warm(pid: str) -> bool:
             return b"--warm\0" in f.read()
     except OSError:
         return False
-
-
-@pytest.fixture
-def volt_ns(tmp_path, volt):
-    with empty_namespace("pool") as ns:
-        v = Volt(volt.home, prefix=in_netns(ns, []))
-        v.ns = ns
-        yield v
-        v("delete", "--all", check=None)
 
 
 def test_a_pooled_restore_becomes_the_vm_in_a_warm_vmm(volt_ns, tmp_path):
