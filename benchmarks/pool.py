@@ -10,6 +10,9 @@
      prints a tick every 10 ms, so this holds up to 10 ms of guest time);
    - send -> first byte here: from our PUT /snapshot/load (the fds opened) to that byte
      reaching our end of the VMM's stdout pipe.
+   Then as many again on primed warm VMMs: each given the snapshot with "prepare" first (files
+   read, parsed, checked and mapped ahead, as zeroboot keeps its template's memory mapped), so the
+   timed load is the state put back and the vCPUs started.
 2. Cold: `volt-vmm --restore DIR` spawned -> its first serial byte at our end (`--cold-runs`).
    The ratio warm / cold is the figure (these machines are noisy; absolute times drift).
 3. A burst of 16 concurrent clone restores: 16 warm VMMs, 16 loads sent at once; wall time
@@ -50,7 +53,9 @@ VMM = [sys.executable, "-m", "volt_spec.vmm.main"]
 TICKS = "volt.ticks=0 volt.tick_ms=10"
 WAIT_S = 60.0
 # The load's steps inside the VMM (vmm/warm.py's stamps): (row, from, to).
-STEPS = [("  fds read, state parsed and shape-checked, memory mapped MAP_FIXED", "load_arrived_ns", "mapped_ns"),
+STEPS = [("  request read (head, body, fds) and handed to a worker", "load_arrived_ns", "handler_ns"),
+         ("  load options checked", "handler_ns", "options_ns"),
+         ("  state read, parsed and shape-checked, memory mapped MAP_FIXED", "options_ns", "mapped_ns"),
          ("  CRC, host compatibility, memory fingerprint", "mapped_ns", "checked_ns"),
          ("  vCPU, device and VM state put back (persist.restore)", "checked_ns", "restored_ns"),
          ("  vCPU threads started (launch)", "restored_ns", "launched_ns"),
@@ -119,13 +124,16 @@ def warm_vmms(work: Path, n: int, memory: int = 128) -> list[Vmm]:
     return vmms
 
 
-def warm_restores(work: Path, snap: str, total: int, batch: int) -> dict[str, list[float]]:
-    """Per restore: load -> KVM_RUN, load -> first serial byte (in the VMM), send -> first byte here (ms)."""
+def warm_restores(work: Path, snap: str, total: int, batch: int, primed: bool = False) -> dict[str, list[float]]:
+    """Per restore: load -> KVM_RUN, load -> first serial byte (in the VMM), send -> first byte here (ms).
+    `primed`: each warm VMM was given the snapshot with "prepare" first (not timed)."""
     rows: dict[str, list[float]] = {"run": [], "serial": [], "here": [], **{k: [] for k, _, _ in STEPS}}
     while len(rows["run"]) < total:
         vmms = warm_vmms(work, min(batch, total - len(rows["run"])))
         try:
             for vmm in vmms:
+                if primed:
+                    load_snapshot(vmm.sock, snap, prepare=True)
                 sent = time.perf_counter_ns()
                 load_snapshot(vmm.sock, snap)
                 here = vmm.wait_output()
@@ -294,6 +302,7 @@ def main() -> None:
         work = Path(tmp)
         snap = take_snapshot(work, guest, "snap")
         warm = warm_restores(work, snap, args.restores, args.batch)
+        primed = warm_restores(work, snap, args.restores, args.batch, primed=True)
         cold = cold_restores(snap, args.cold_runs)
         burst_ms = burst(work, snap)
         p50, p99 = pct(warm["run"], 0.5), pct(warm["run"], 0.99)
@@ -302,6 +311,11 @@ def main() -> None:
                             f"p99 <= 2 {'MET' if p99 <= 2 else 'MISSED'}"),
                         *[row(key, warm[key]) for key, _, _ in STEPS],
                         row("warm: load arrival -> first serial byte (in the VMM)", warm["serial"]),
+                        row("primed warm: load arrival -> last vCPU in KVM_RUN", primed["run"],
+                            f"p50 <= 0.79 {'MET' if pct(primed['run'], 0.5) <= 0.79 else 'MISSED'}, "
+                            f"p99 <= 2 {'MET' if pct(primed['run'], 0.99) <= 2 else 'MISSED'}"),
+                        *[row(key, primed[key]) for key, _, _ in STEPS],
+                        row("primed warm: load arrival -> first serial byte (in the VMM)", primed["serial"]),
                         row("warm: PUT sent -> first byte at our end", warm["here"]),
                         row("cold volt-vmm --restore: spawn -> first byte at our end", cold)],
                        headers=["ms", "n", "p50", "p99", "max", "goal"]))

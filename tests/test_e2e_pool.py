@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from volt_spec.api.client import ApiClient
+
 from .netns import links
 from .test_e2e_clones import rounds, said, spec
 from .timing import scaled
@@ -28,6 +30,14 @@ def wait_pool_ready(volt, ready: int) -> str:
     while f"{ready} of" not in (line := pool_line(volt)):
         assert time.monotonic() < deadline, f"the pool did not fill: {line!r}"
         time.sleep(0.1)      # warm VMMs start in the background: poll what status says
+    return line
+
+
+def wait_pool_line(volt, text: str) -> str:
+    deadline = time.monotonic() + scaled(30)
+    while text not in (line := pool_line(volt)):
+        assert time.monotonic() < deadline, f"the pool line never said {text!r}: {line!r}"
+        time.sleep(0.1)      # the supervisor prepares the warm VMM in the background
     return line
 
 
@@ -55,13 +65,17 @@ def test_a_pooled_restore_becomes_the_vm_in_a_warm_vmm(volt_ns, tmp_path):
     web = spec(tmp_path, "web", "seed.img", "vt-{name}", extra=POOLED)
     assert said(volt("apply", web))[0].startswith(f"vm/web-0 restored from {snap['id']}")
     line = wait_pool_ready(volt, 1)
-    assert re.fullmatch(r"pool: 1cpu-128mib: 1 of 1 warm VMMs ready, [\d.]+ MiB private memory", line), line
+    assert re.fullmatch(r"pool: 1cpu-128mib: 1 of 1 warm VMMs ready( \(1 prepared with a snapshot\))?, "
+                        r"[\d.]+ MiB private memory", line), line
+    wait_pool_line(volt, "(1 prepared with a snapshot)")      # restore: gold names it: the pool prepares it
     warm = json.loads((next((volt.home / "pool" / "1cpu-128mib").iterdir()) / "instance.json").read_text())
 
     assert said(volt("scale", "web", "3"))[2] == f"vm/web-2 restored from {snap['id']}, into a warm VMM"
     row = volt.state("web-2")
     assert row["state"] == "running" and row["pid"] == warm["vmm_pid"] and row["booted_from"] == f"snapshot {snap['id']}"
     assert row["jail"]["uid"] == warm["jail"]["uid"]                # the VM keeps the warm VMM's own uid
+    timing = ApiClient(str(volt.home / "vms" / "web-2" / "run" / "api.sock")).get("/vm")["timing"]
+    assert timing.get("primed") is True, timing                     # the load started from the prepared part
     log = volt.wait_log("web-2", "blk-round")
     assert re.search(r"^mem-ok (\w+)", volt.wait_log("web-2", "mem-ok"), re.M).group(1) == checksum
     assert int(re.search(r"^tick (\d+) ", log, re.M).group(1)) > 3 and rounds(log)

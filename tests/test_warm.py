@@ -137,3 +137,19 @@ def test_a_jailed_warm_vmm_restores_from_fds(tmp_path, guest):
         assert_continues(vmm, facts)
         vmm.signal()                        # SIGTERM, passed on by the jail's parent: the guest powers off
         assert vmm.finish()[0] == 0
+
+
+def test_a_prepared_warm_vmm_loads_the_same_files_from_where_it_stopped(tmp_path, guest):
+    """A load with prepare: true maps and checks and leaves the VMM warm; a load of the same files
+    then skips that part; a load of other files maps them afresh."""
+    facts = take_snapshot(tmp_path, guest)
+    other = take_snapshot(tmp_path, guest, name="other")
+    for prepared, loaded, primed in ((facts, facts, True), (other, facts, False)):
+        vmm, sock = warm(tmp_path, 1, 128)
+        with vmm:
+            api = vmm.wait_api(sock)
+            load_snapshot(sock, prepared["dir"], prepare=True)
+            assert api.get("/vm")["state"] == "Warm" and not vmm.lines
+            load_snapshot(sock, loaded["dir"])
+            assert_continues(vmm, loaded)
+            assert api.get("/vm")["timing"].get("primed", False) is primed

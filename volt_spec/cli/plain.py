@@ -147,7 +147,8 @@ def _pool_lines(home) -> None:
         return
     from ..runner.pool import summary
     for p in summary(home):
-        echo(f"pool: {p['shape']}: {p['ready']} of {p['wanted']} warm VMMs ready, "
+        primed = f" ({p['primed']} prepared with a snapshot)" if p["primed"] else ""
+        echo(f"pool: {p['shape']}: {p['ready']} of {p['wanted']} warm VMMs ready{primed}, "
              f"{p['private_kib'] / 1024:.1f} MiB private memory")
 
 

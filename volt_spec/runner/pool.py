@@ -50,6 +50,10 @@ class Entry:
         i = self.instance
         return bool(i) and is_alive(i.get("vmm_pid"), i.get("vmm_start")) and not (self.path / "exit.json").exists()
 
+    def primed(self) -> str | None:
+        """The snapshot its supervisor prepared it with (supervisor.py, --prime), if any."""
+        return (read_json(self.path / "primed.json") or {}).get("snapshot")
+
     def uid(self) -> int | None:
         return (self.instance.get("jail") or {}).get("uid")
 
@@ -94,24 +98,40 @@ def ready(home: Path, key: str) -> list[Entry]:
     return [e for e in entries(home, key) if not e.claimed and e.alive() and e.api_sock.exists()]
 
 
-def wanted(home: Path) -> dict[str, int]:
-    """{shape: warm VMMs wanted}: the largest spec.snapshots.pool of the applied VMs that run."""
+def wanted(home: Path, primes: dict | None = None) -> dict[str, int]:
+    """{shape: warm VMMs wanted}: the largest spec.snapshots.pool of the applied VMs that run.
+    `primes` learns, per shape, the snapshot such a VM names by id (restore: ID), if any: new warm
+    VMMs are prepared with it (a load of it then starts from there; vmm/warm.py)."""
     from .home import VmDir, all_vm_names
     out: dict[str, int] = {}
     for name in all_vm_names(home):
         rec = VmDir(home, name).read_applied() or {}
-        n = int((rec.get("snapshots") or {}).get("pool") or 0)
+        snaps = rec.get("snapshots") or {}
+        n = int(snaps.get("pool") or 0)
         vm = rec.get("vm") or {}
         if n > 0 and rec.get("running", True) and "vcpus" in vm:
             key = shape_key(vm["vcpus"], vm["memory_mib"])
             out[key] = max(out.get(key, 0), min(n, MAX_POOL))
+            if primes is not None and key not in primes and snaps.get("restore") not in (None, "latest", "never"):
+                from .snapshots import locate
+                path = locate(VmDir(home, name), str(snaps["restore"]))[0]
+                if path is not None:
+                    primes[key] = str(path)
     return out
 
 
 def fill(home: Path) -> list[str]:
     """Start the warm VMMs the applied VMs want and are missing, stop the unwanted and remove the
-    dead; returns what it started (pool/SHAPE/ID paths). Never waits for a VMM to come up."""
-    want = wanted(home)
+    dead; returns what it started (pool/SHAPE/ID paths). Never waits for a VMM to come up. One
+    at a time on the host (parallel applies fill from several threads and processes)."""
+    from .vmctl import host_lock
+    with host_lock(home, "pool"):
+        return _fill(home)
+
+
+def _fill(home: Path) -> list[str]:
+    primes: dict[str, str] = {}
+    want = wanted(home, primes)
     started = []
     for key in sorted(set(want) | {e.path.parent.name for e in entries(home)}):
         live = []
@@ -125,20 +145,22 @@ def fill(home: Path) -> list[str]:
         for e in live[want.get(key, 0):]:
             e.discard()
         for _ in range(want.get(key, 0) - len(live)):
-            started.append(str(start(home, key)))
+            started.append(str(start(home, key, primes.get(key))))
     return started
 
 
 def _starting(e: Entry) -> bool:
-    """A directory whose supervisor has not written instance.json yet (made under a second ago)."""
+    """A directory whose supervisor has not written instance.json yet (made under a minute ago:
+    Python starts in seconds under emulation)."""
     try:
-        return time.time() - (e.path / "supervisor.log").stat().st_mtime < 10
+        return time.time() - (e.path / "supervisor.log").stat().st_mtime < 60
     except OSError:
         return False
 
 
-def start(home: Path, key: str) -> Path:
-    """A warm VMM of shape `key` under a pool supervisor, jailed as a uid of its own; not waited for."""
+def start(home: Path, key: str, prime: str | None = None) -> Path:
+    """A warm VMM of shape `key` under a pool supervisor, jailed as a uid of its own; not waited for.
+    `prime`: a snapshot the supervisor prepares it with once it answers."""
     import secrets
     from ..jail.config import JailConfig, Limits, default_memory_limit, jail_uid, python_paths
     from .vmctl import host_lock, jailed, taken_uids, vmm_command
@@ -158,7 +180,7 @@ def start(home: Path, key: str) -> Path:
         jail = ["--jail", str(entry / "jail.json")]
         args.append("--seccomp")
     cmd = [sys.executable, "-m", "volt_spec.runner.supervisor", str(entry), f"{time.time_ns():x}", *jail, "--pool",
-           "--", *vmm_command(), *args]
+           *([f"--prime={prime}"] if prime else []), "--", *vmm_command(), *args]
     log_fd = os.open(entry / "supervisor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(os.devnull, "rb") as devnull, open(log_fd, "ab") as log:
         subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
@@ -178,7 +200,8 @@ def restore_into_warm(vm_dir, vm: dict, snap: Path, clock: str, applied: dict | 
     key = shape_key(vm["vcpus"], vm["memory_mib"])
     if not _default_resources(vm):
         return None
-    entry = next((e for e in ready(vm_dir.home, key) if e.claim()), None)
+    candidates = sorted(ready(vm_dir.home, key), key=lambda e: e.primed() != str(snap))   # primed with it first
+    entry = next((e for e in candidates if e.claim()), None)
     if entry is None:
         return None
     try:
@@ -290,6 +313,7 @@ def summary(home: Path) -> list[dict]:
     for key in sorted(set(want) | {e.path.parent.name for e in entries(home)}):
         ready_now = ready(home, key)
         out.append({"shape": key, "ready": len(ready_now), "wanted": want.get(key, 0),
+                    "primed": sum(1 for e in ready_now if e.primed()),
                     "private_kib": sum(private_kib(e.instance.get("vmm_pid")) for e in ready_now)})
     return out
 

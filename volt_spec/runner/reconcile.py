@@ -42,7 +42,7 @@ def apply_paths(specs, paths: list[str], home: Path, dry_run: bool = False, prun
     if prune:
         for name in ap.prunable(specs, home, [resolver.scope(p, recursive) for p in paths if p != "-"]):
             yield ap.Result(name, ap.DELETED) if dry_run else ap.delete(name, home)
-    if not dry_run:
+    if not dry_run and (any(s.snapshots.get("pool") for s in specs) or (home / "pool").is_dir()):
         from .pool import fill
         fill(home)                             # warm VMMs for the specs' snapshots.pool, in the background
 

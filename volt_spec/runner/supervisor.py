@@ -3,7 +3,7 @@
 It outlives the VMM so that `volt status` can trust an exit record even after a
 `kill -9` of the VMM. Run detached by `volt apply`:
 
-    python -m volt_spec.runner.supervisor VMDIR GENERATION [--jail FILE] [--tap=NAME]... [--pool] -- volt-vmm ARGS...
+    python -m volt_spec.runner.supervisor VMDIR GENERATION [--jail FILE] [--tap=NAME]... [--pool [--prime=SNAPSHOT]] -- volt-vmm ARGS...
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ class Supervisor:
     that VM's console, instance and exit records instead of the pool entry's."""
 
     def __init__(self, vm_dir: Path, generation: str, vmm_cmd: list[str], log_console: bool,
-                 jail: str | None = None, taps: list[str] = (), pool: bool = False) -> None:
+                 jail: str | None = None, taps: list[str] = (), pool: bool = False, prime: str | None = None) -> None:
         self.vm_dir, self.generation, self.vmm_cmd = vm_dir, generation, vmm_cmd
-        self.jail_file, self.taps, self.jail, self.pool = jail, list(taps), None, pool
+        self.jail_file, self.taps, self.jail, self.pool, self.prime = jail, list(taps), None, pool, prime
         self.console = ConsoleLog(vm_dir / "console.log", log_console)
         self.err_log: ConsoleLog | None = None
         self.hub: ConsoleHub | None = None
@@ -203,6 +203,8 @@ class Supervisor:
         err_thread.start()
         if self.pool:
             threading.Thread(target=self._serve_adoption, daemon=True).start()
+        if self.prime:
+            threading.Thread(target=self._prepare, daemon=True).start()
         while True:
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
@@ -230,6 +232,24 @@ class Supervisor:
             "started_at": self.started_at, "api_sock": str(self.vm_dir / "run" / "api.sock"),
             "cmd": self.vmm_cmd, "jail": self.jail, **({"pool": True} if self.pool else {}),
         })
+
+    def _prepare(self) -> None:
+        """Prime the warm VMM with a snapshot (a load with prepare: vmm/warm.py) once it answers;
+        primed.json says so. A failure leaves it warm and unprimed (pool.py takes it all the same)."""
+        from ..api.client import ApiClient, ApiError, ApiUnavailable
+        from .warmload import load_snapshot
+        folder = self.vm_dir                      # the pool entry's (an adoption may move vm_dir)
+        sock = str(folder / "run" / "api.sock")
+        deadline = time.monotonic() + 120
+        while not ApiClient(sock, timeout=1.0).ping():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return
+            time.sleep(0.05)      # the VMM starts: its socket appears from another process
+        try:
+            load_snapshot(sock, self.prime, prepare=True)
+            write_json(folder / "primed.json", {"snapshot": self.prime})
+        except (ApiError, ApiUnavailable, OSError) as e:
+            sys.stderr.write(f"supervisor: could not prepare the warm VMM with {self.prime}: {describe(e)}\n")
 
     def _serve_adoption(self) -> None:
         """control.sock (0600, root's): the one request that makes this warm VMM a VM's."""
@@ -328,14 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv or argv.index("--") < 2 or len(argv) < argv.index("--") + 2:
         sys.stderr.write("usage: python -m volt_spec.runner.supervisor VMDIR GENERATION "
-                         "[--jail FILE] [--tap=NAME]... [--pool] -- CMD...\n")
+                         "[--jail FILE] [--tap=NAME]... [--pool [--prime=SNAPSHOT]] -- CMD...\n")
         return 2
     split = argv.index("--")
     vm_dir, generation, opts, cmd = Path(argv[0]), argv[1], argv[2:split], argv[split + 1:]
     jail = opts[opts.index("--jail") + 1] if "--jail" in opts else None
     taps = [o.removeprefix("--tap=") for o in opts if o.startswith("--tap=")]
     log_console = os.environ.get("VOLT_CONSOLE_LOG", "1") != "0"
-    return Supervisor(vm_dir, generation, cmd, log_console, jail, taps, pool="--pool" in opts).run()
+    prime = next((o.removeprefix("--prime=") for o in opts if o.startswith("--prime=")), None)
+    return Supervisor(vm_dir, generation, cmd, log_console, jail, taps, pool="--pool" in opts, prime=prime).run()
 
 
 if __name__ == "__main__":

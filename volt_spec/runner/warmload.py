@@ -19,13 +19,15 @@ LOAD_TIMEOUT_S = 60.0            # a memory file without its fingerprint is read
 
 
 def load_snapshot(socket: str, snapshot_dir: str, snapshot_id: str | None = None, clock: str = "continue",
-                  resume: bool = True, timeout: float = LOAD_TIMEOUT_S, vm: dict | None = None) -> None:
+                  resume: bool = True, timeout: float = LOAD_TIMEOUT_S, vm: dict | None = None,
+                  prepare: bool = False) -> None:
     """PUT /snapshot/load on the warm VMM at `socket` with the snapshot's state, memory and
     fingerprint as fds; raises ApiError (the VMM's one-line reason) or ApiUnavailable.
 
     `vm` makes the VMM that VM: {"name", "state_dir", "disks": [{"name", "path", "readOnly"}],
     "network": [{"name", "tap", "mac"}], "policy": PolicyConfig dict or None}; the state directory,
-    disks and taps are opened here (taps as root: created when missing) and passed as fds."""
+    disks and taps are opened here (taps as root: created when missing) and passed as fds.
+    `prepare`: only prime the VMM with these files (it stays warm; a later load of them is faster)."""
     fds: list[int] = []
     with ExitStack() as stack:
         stack.callback(lambda: [os.close(fd) for fd in fds])
@@ -36,7 +38,8 @@ def load_snapshot(socket: str, snapshot_dir: str, snapshot_id: str | None = None
         except OSError:
             pass                        # none: the VMM checks the memory in full
         body = {"fds": named, "clock": clock, "resume_vm": resume,
-                "snapshot_id": snapshot_id or os.path.basename(os.path.normpath(snapshot_dir))}
+                "snapshot_id": snapshot_id or os.path.basename(os.path.normpath(snapshot_dir)),
+                **({"prepare": True} if prepare else {})}
         if vm is not None:
             body["vm"] = _identity(vm, fds, named, stack)
         ApiClient(socket, timeout=timeout).put("/snapshot/load", body, fds=fds)

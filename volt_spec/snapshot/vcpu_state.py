@@ -104,10 +104,11 @@ def restore_vcpu(vcpu: Vcpu, state: dict, tsc_advance_ns: int = 0) -> list[int]:
     return restore_vcpu_msrs_and_events(vcpu, state, tsc_advance_ns)
 
 
-def restore_vcpu_registers(vcpu: Vcpu, state: dict, cpuid_set: str | None = None) -> None:
+def restore_vcpu_registers(vcpu: Vcpu, state: dict, cpuid_set: str | None = None, lapic: bool = True) -> None:
     """CPUID2 .. LAPIC: nothing here reads guest RAM, so it may run while KVM still registers it.
     `cpuid_set`: the CPUID already set in this vCPU (packed; a warm VMM sets its shape's ahead),
-    whose SET_CPUID2 is skipped when the snapshot's is the same."""
+    whose SET_CPUID2 is skipped when the snapshot's is the same. `lapic`: False leaves the LAPIC
+    (its timer starts counting when it is set) to restore_lapic, just before the vCPU runs."""
     import binascii
     step = "cpuid"
     try:
@@ -128,10 +129,17 @@ def restore_vcpu_registers(vcpu: Vcpu, state: dict, cpuid_set: str | None = None
         vcpu.set_xcrs(unpack_into(s.KvmXcrs, state["xcrs"]))
         step = "debugregs"
         vcpu.set_debugregs(unpack_into(s.KvmDebugregs, state["debugregs"]))
-        step = "lapic"
-        vcpu.set_lapic(unpack_into(s.KvmLapicState, state["lapic"]))
+        if lapic:
+            restore_lapic(vcpu, state)
     except (OSError, ValueError, KeyError) as e:
         raise VcpuStateError(f"restoring vcpu {vcpu.index} ({step}): {e}") from e
+
+
+def restore_lapic(vcpu: Vcpu, state: dict) -> None:
+    try:
+        vcpu.set_lapic(unpack_into(s.KvmLapicState, state["lapic"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise VcpuStateError(f"restoring vcpu {vcpu.index} (lapic): {e}") from e
 
 
 def restore_vcpu_msrs_and_events(vcpu: Vcpu, state: dict, tsc_advance_ns: int = 0) -> list[int]:

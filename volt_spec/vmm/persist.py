@@ -34,17 +34,35 @@ def machine_of(state: dict, where: str) -> tuple[MachineConfig, BootSourceConfig
     return machine, BootSourceConfig(text["kernel"] or "", text["initrd"], text["cmdline"] or "", text["boot"])
 
 
-def restore(machine, state: dict, clock_mode: str = "continue") -> list[int]:
-    """Put every component's state back, in the order above; returns MSRs KVM refused."""
-    from ..snapshot.vcpu_state import VcpuStateError, restore_vcpu_msrs_and_events, restore_vcpu_registers
-    from ..snapshot.vm_state import elapsed_ns, restore_vm
-    refused: list[int] = []
+def restore_ahead(machine, state: dict, lapic: bool = True) -> None:
+    """The part of a restore that depends on the state alone, not on when it runs: each vCPU's
+    registers (the LAPIC, whose timer counts from when it is set, only with `lapic`), and the
+    legacy devices. A primed warm VMM (warm.py) does it before the load request comes."""
+    from ..snapshot.vcpu_state import VcpuStateError, restore_vcpu_registers
     try:
         machine.create_vcpus()
         preset = machine.cpuid_set or [None] * len(machine.vcpus)
         for vcpu, vstate, cpuid in zip(machine.vcpus, state["vcpus"], preset):
-            restore_vcpu_registers(vcpu, vstate, cpuid)
+            restore_vcpu_registers(vcpu, vstate, cpuid, lapic=lapic)
         machine.devices.restore(state.get("devices", {}))
+    except VcpuStateError as e:
+        raise SnapshotError(str(e)) from None
+    except (OSError, KeyError, ValueError) as e:
+        raise SnapshotError(f"restoring VM state: {e}") from None
+
+
+def restore(machine, state: dict, clock_mode: str = "continue", ahead: bool = False) -> list[int]:
+    """Put every component's state back, in the order above; returns MSRs KVM refused. `ahead`:
+    restore_ahead already ran for this state."""
+    from ..snapshot.vcpu_state import VcpuStateError, restore_lapic, restore_vcpu_msrs_and_events
+    from ..snapshot.vm_state import elapsed_ns, restore_vm
+    refused: list[int] = []
+    if not ahead:
+        restore_ahead(machine, state)
+    try:
+        if ahead:
+            for vcpu, vstate in zip(machine.vcpus, state["vcpus"]):
+                restore_lapic(vcpu, vstate)
         machine.wait_memory()
         advance = elapsed_ns(state["vm"], clock_mode)
         tsc_set_at = time.monotonic_ns()
