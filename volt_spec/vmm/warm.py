@@ -37,8 +37,10 @@ DEVICE_ROLES = ("disk:", "tap:")           # + a device name: that disk's or NIC
 REQUIRED_ROLES = ("state", "memory")
 LOAD_FIELDS = {"fds", "clock", "resume_vm", "snapshot_id", "_arrived_ns", "vm", "prepare"}
 PREIMPORT = ("snapshot.b64", "snapshot.fingerprint", "snapshot.memory_file", "snapshot.restore",
-             "snapshot.vcpu_state", "snapshot.vm_state", "vmm.builder", "vmm.persist", "vmm.api_handler", "names",
-             "vmm.config", "vmm.virtio", "vmm.policy", "devices.virtio.tap")
+             "snapshot.vcpu_state", "snapshot.vm_state", "vmm.builder", "vmm.persist", "vmm.api_handler", "vmm.config")
+# Not ahead: virtio (2.6 MiB of private memory a warm VMM; imported when a prepare brings a snapshot
+# with devices), the snapshot policy (google-re2: 7 MiB) and names (`re`: 1.3 MiB, 5 ms): a warm VMM
+# of untouched memory should cost little (benchmarks/pool.py compares its USS with a cold VMM's).
 ALL_RUNNING_WAIT_S = 1.0
 MAX_FDS = 32                    # fds one request may pass (state, memory, fingerprint, state dir, disks, taps)
 
@@ -145,6 +147,8 @@ class WarmApi:
             timing["checked_ns"] = time.perf_counter_ns()
             if options["prepare"]:
                 from . import persist
+                if state.get("virtio"):
+                    from . import virtio   # noqa: F401 - imported now, not at the load
                 persist.restore_ahead(self.machine, state, lapic=False)
                 self.primed = (key, state)
                 return None
@@ -308,7 +312,6 @@ def vm_section(value: object, fds: dict) -> dict | None:
     "disk:NAME" / "tap:NAME" fd, its MACs, and its snapshot policy. None: stay anonymous."""
     if value is None:
         return None
-    from ..names import BadName, vm_name
     from .config import PolicyConfig, VmmConfigError, device_name, mac_text, path_text, tap_name
     if not isinstance(value, dict) or set(value) - VM_FIELDS or "name" not in value or "state_dir" not in value:
         raise ApiError(400, f"vm must be an object with name and state_dir (and {', '.join(sorted(VM_FIELDS - {'name', 'state_dir'}))})")
@@ -316,12 +319,12 @@ def vm_section(value: object, fds: dict) -> dict | None:
     if not all(isinstance(p, str) and os.path.isabs(p) for p in paths):
         raise ApiError(400, "vm.state_dir and vm.disks must be absolute paths")
     try:
-        out = {"name": vm_name(value["name"]), "state_dir": path_text(value["state_dir"], "vm.state_dir"),
+        out = {"name": device_name(value["name"], "vm.name"), "state_dir": path_text(value["state_dir"], "vm.state_dir"),
                "disks": {device_name(k, "vm.disks"): path_text(v, f"vm.disks.{k}") for k, v in _obj(value, "disks").items()},
                "taps": {device_name(k, "vm.taps"): tap_name(v, f"vm.taps.{k}") for k, v in _obj(value, "taps").items()},
                "macs": {device_name(k, "vm.macs"): mac_text(v, f"vm.macs.{k}") for k, v in _obj(value, "macs").items()},
                "policy": PolicyConfig.from_dict(value["policy"], "vm.policy") if value.get("policy") else None}
-    except (VmmConfigError, BadName) as e:
+    except VmmConfigError as e:
         raise ApiError(400, str(e)) from None
     missing = (["state_dir"] if "state_dir" not in fds else []) + [f"disk:{n}" for n in out["disks"] if f"disk:{n}" not in fds] \
         + [f"tap:{n}" for n in out["taps"] if f"tap:{n}" not in fds]
