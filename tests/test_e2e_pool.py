@@ -8,8 +8,6 @@ import os
 import re
 import time
 
-import pytest
-
 from volt_spec.api.client import ApiClient
 
 from .netns import links
