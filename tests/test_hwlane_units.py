@@ -271,3 +271,15 @@ def test_a_failure_in_the_lane_says_its_first_and_last_lines():
     long = "no line matching 'X'\n" + "\n".join(f"console {i}" for i in range(100))
     assert why_of(long) == "no line matching 'X' | ... | console 96 | console 97 | console 98 | console 99"
     assert len(why_of("x" * 5000 + "\n" + "y" * 5000)) <= 700
+
+
+def test_qemu_crashing_under_the_job_is_an_l1_crash_and_before_it_a_failure(tmp_path):
+    """CI saw QEMU exit -11 (SIGSEGV) in the middle of the Linux tests: a fresh L1 runs what is
+    left, as after an L1 panic. A QEMU that dies before the L1 is up is a lane failure."""
+    from tests.hwlane.lane import MARKER, L1Crashed, LaneError, _boot_and_wait
+    crash = ["sh", "-c", f"echo '{MARKER}ready'; kill -SEGV $$"]
+    with pytest.raises(L1Crashed, match="QEMU crashed"):
+        _boot_and_wait(crash, tmp_path / "console.log", timeout_s=30)
+    with pytest.raises(LaneError, match="QEMU exited -11") as info:
+        _boot_and_wait(["sh", "-c", "kill -SEGV $$"], tmp_path / "console.log", timeout_s=30)
+    assert not isinstance(info.value, L1Crashed)

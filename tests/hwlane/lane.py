@@ -338,6 +338,8 @@ def _boot_and_wait(argv: list[str], console: Path, timeout_s: float) -> bool:
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
+    if code < 0 and ready:           # QEMU itself crashed under the job (TCG): like an L1 crash
+        raise L1Crashed(f"QEMU crashed (signal {-code}) while the L1 ran the job; last lines: {tail[-3:]}")
     if code != 0:
         raise LaneError(f"QEMU exited {code}; last lines: {tail[-5:]}")
     return ready
