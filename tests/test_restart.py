@@ -88,3 +88,10 @@ def test_an_agent_waits_for_the_exit_record_before_it_restarts_a_vm(tmp_path):
     rival = Agent(Source(str(tmp_path), home / "cache"), home, 30.0, EventLog(io.StringIO()), source_name="rival")
     (vm_dir.path / "restarts.json").unlink()
     assert rival.held(spec) is None and not (vm_dir.path / "restarts.json").exists()   # not its VM: apply says so
+    # A VMM alive but not answering (busy, or killed and still tearing its memory down, which the
+    # lane saw take long enough for a sync to restart it uncounted) is held, not applied.
+    vm_dir.instance.write_text(json.dumps({"generation": "g2", "vmm_pid": os.getpid(),
+                                           "vmm_start": start_ticks(os.getpid()), "started_at": time.time(), **live}))
+    held = agent.held(spec)
+    assert held is not None and held.action == ap.UNCHANGED and held.detail.startswith("busy: "), held
+    assert not (vm_dir.path / "restarts.json").exists()

@@ -20,7 +20,7 @@ from . import apply as ap
 from .agentstate import AgentState, EventLog
 from .gitsource import Source, SourceError
 from .home import VmDir, all_vm_names
-from .observe import FAILED, STOPPED, observe
+from .observe import BUSY, FAILED, STOPPED, observe
 from .owner import Owner, Resolver
 from .procs import is_alive
 from .restart import Backoff, wants_restart
@@ -148,6 +148,8 @@ class Agent:
         if not self.scope.covers(Owner.from_record(applied)):
             return None
         obs = observe(vm_dir)
+        if obs["state"] == BUSY:      # alive but not answering: a snapshot, or a VMM killed and still tearing down
+            return ap.Result(spec.name, ap.UNCHANGED, f"busy: {obs['reason']}")   # (apply would restart that uncounted)
         if obs["state"] == FAILED and obs.get("ended_by") is None:      # its VMM is gone, no exit record
             inst = vm_dir.read_instance() or {}
             if is_alive(inst.get("supervisor_pid"), inst.get("supervisor_start")):
