@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from volt_spec.boot.kernel_fetch import KernelFetchError, _load_order
@@ -42,8 +44,20 @@ def test_the_job_scales_deadlines_and_runs_this_checkout(tmp_path, monkeypatch):
     assert script.count(f"echo $? >> {tmp_path / 'rc'}.part") == 2
     assert script.rstrip().endswith(f"mv {tmp_path / 'rc'}.part {tmp_path / 'rc'}")
     assert "-p tests.hwlane.progress" in script and f"VOLT_LANE_PROGRESS={tmp_path / 'progress.log'}" in script
-    assert "python benchmarks/linux.py 2>&1; echo $? >>" in job_script(tmp_path, [], tmp_path,
-                                                                      command="python benchmarks/linux.py")
+    assert "bash -c 'python benchmarks/linux.py' 2>&1; echo $? >>" in job_script(tmp_path, [], tmp_path,
+                                                                              command="python benchmarks/linux.py")
+
+
+def test_a_lane_command_with_a_bash_syntax_error_still_records_its_exit_status(tmp_path):
+    """The job script is sh: a command with bash syntax (or a syntax error) runs in its own bash,
+    so the lane reads its exit status instead of seeing a job that ended without one."""
+    script = job_script(tmp_path, [], tmp_path, command='echo ${PIPESTATUS[0]}; false | true; exit ${PIPESTATUS[0]}')
+    line = next(ln for ln in script.splitlines() if ln.startswith("bash -c"))
+    subprocess.run(["sh", "-c", line], check=True, capture_output=True)
+    assert (tmp_path / "rc.part").read_text() == "1\n"
+    bad = next(ln for ln in job_script(tmp_path, [], tmp_path, command="if then").splitlines() if ln.startswith("bash -c"))
+    subprocess.run(["sh", "-c", bad], check=True, capture_output=True)
+    assert (tmp_path / "rc.part").read_text() == "1\n2\n"
 
 
 def test_real_linux_runs_alone_after_the_rest():
@@ -85,7 +99,6 @@ def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
     """A real pytest run with the plugin: tests listed as done are deselected, the rest logged."""
     from tests.hwlane.progress import read_progress
     import os
-    import subprocess
     import sys
     (tmp_path / "test_x.py").write_text("def test_done():\n    assert False\n\n"
                                         "def test_left():\n    pass\n\n"

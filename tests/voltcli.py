@@ -46,8 +46,19 @@ class Volt:
         assert "Traceback" not in proc.stderr, proc.stderr
         if check is not None:
             assert proc.returncode == check, (f"volt {' '.join(args)} exited {proc.returncode}\n"
-                                              f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+                                              f"stdout: {proc.stdout}\nstderr: {proc.stderr}{self.vm_records()}")
         return proc
+
+    def vm_records(self) -> str:
+        """Each VM's exit record and the tail of its supervisor log: what a failed command's
+        message needs when the cause is a VMM that ended (seen only in the slow lane)."""
+        out = []
+        for vm in sorted((self.home / "vms").glob("*")) if (self.home / "vms").is_dir() else []:
+            for name, tail in (("exit.json", 600), ("supervisor.log", 1500)):
+                f = vm / name
+                if f.exists():
+                    out.append(f"\n--- {vm.name}/{name}:\n" + f.read_text(errors="replace")[-tail:])
+        return "".join(out)
 
     def status(self, name: str | None = None) -> list[dict]:
         out = self(*(["status", name] if name else ["status"]), "-o", "json").stdout

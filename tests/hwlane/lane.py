@@ -223,8 +223,9 @@ def local_trees(results: Path) -> list[tuple[Path, Path]]:
 
 def job_script(results: Path, phases: list[list[str]], cache: Path, command: str | None = None) -> str:
     """What the L1 runs in its chroot: the checkout's own venv and pytest once per phase (junit to
-    the results share, each phase's exit status on one line in `rc`), or `command` (a shell line
-    run in the checkout with the venv first on PATH)."""
+    the results share, each phase's exit status on one line in `rc`), or `command` (a bash line
+    run in the checkout with the venv first on PATH; in its own bash, so that its syntax error is
+    its exit status 2, not the job's end without one, which reads as an L1 reset)."""
     env = {"PATH": f"{CHECKOUT / '.venv' / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "HOME": "/root",
            "LANG": "C.UTF-8", "VOLT_CACHE": str(cache), "VOLT_LANE": "hw",
@@ -232,7 +233,7 @@ def job_script(results: Path, phases: list[list[str]], cache: Path, command: str
            "PYTHONPATH": str(CHECKOUT),       # this checkout's code, whatever the venv was installed from
            PROGRESS_ENV: str(results / PROGRESS_FILE), DONE_ENV: str(results / "done")}
     py = CHECKOUT / ".venv" / "bin" / "python"
-    runs = [command] if command else [shlex.join([
+    runs = [f"bash -c {shlex.quote(command)}"] if command else [shlex.join([
         str(py), "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.hwlane.progress", "--color=no", "-v",
         "-rfEsR", "--durations=20", f"--timeout={PER_TEST_TIMEOUT_S}",
         "-o", f"faulthandler_timeout={PER_TEST_TIMEOUT_S // 2}", f"--junitxml={results / f'junit-{i}.xml'}",
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, default=8192, help="the L1's memory in MiB")
     parser.add_argument("--keep", type=Path, default=None, help="keep the console log and junit file under DIR")
     parser.add_argument("--run", default=None, metavar="COMMAND",
-                        help="run this shell command in the checkout inside the L1 instead of pytest "
+                        help="run this bash command in the checkout inside the L1 instead of pytest "
                              "(e.g. 'python benchmarks/linux.py'); its exit status is the lane's")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
