@@ -81,7 +81,7 @@ def test_an_agent_waits_for_the_exit_record_before_it_restarts_a_vm(tmp_path):
                                                "started_at": time.time() - 60, **supervisor}))
         held = agent.held(spec)
         if supervisor is live:
-            assert held is not None and held.action == ap.UNCHANGED and "writing the record" in held.detail
+            assert held is not None and held.action == ap.UNCHANGED and "has not recorded why yet" in held.detail
         else:
             assert held is None                               # restart it, counted
     assert json.loads((vm_dir.path / "restarts.json").read_text())["restarts"] == 1

@@ -54,6 +54,40 @@ def test_root_disk_puts_root_on_the_command_line():
     assert root_words([{"name": "r", "root": True}]) == "root=/dev/vda rw"
 
 
+def test_status_of_a_vmm_just_killed_waits_for_its_supervisors_record(tmp_path):
+    """The VMM is dead, its supervisor alive and still draining its output: status waits for the
+    exit record (CI saw "gone without an exit record" there, for a VMM killed by signal 9), and
+    says busy, not failed, while the supervisor has not written it."""
+    import os
+    import threading
+    import time
+    from volt_spec.runner.home import VmDir, write_json
+    from volt_spec.runner.observe import BUSY, FAILED, observe
+    from volt_spec.runner.procs import start_ticks
+    vm = VmDir(tmp_path, "v")
+    vm.ensure()
+    write_json(vm.applied, {"running": True, "applied_at": time.time() - 60})
+    me = os.getpid()                                   # the "supervisor": alive
+    write_json(vm.instance, {"generation": "g1", "vmm_pid": 2 ** 22 + 7, "supervisor_pid": me,
+                             "supervisor_start": start_ticks(me), "started_at": time.time() - 50})
+    record = {"generation": "g1", "code": -9, "reason": "killed by signal 9 (SIGKILL)", "ended_at": time.time()}
+    writer = threading.Timer(0.2, lambda: write_json(vm.exit_record, record))
+    writer.start()
+    row = observe(vm)
+    writer.join()
+    assert (row["state"], row["reason"]) == (FAILED, "killed by signal 9 (SIGKILL)"), row
+    vm.exit_record.unlink()
+    from volt_spec.runner import observe as module
+    module.RECORD_WAIT_S, saved = 0.05, module.RECORD_WAIT_S
+    try:
+        row = module.observe(vm)
+    finally:
+        module.RECORD_WAIT_S = saved
+    assert row["state"] == BUSY and "has not recorded why yet" in row["reason"], row
+    write_json(vm.instance, {"generation": "g1", "vmm_pid": 2 ** 22 + 7, "started_at": time.time() - 50})
+    assert "gone without an exit record" in observe(vm)["reason"]     # no supervisor either: failed
+
+
 def test_status_after_an_interrupted_apply_says_so_not_powered_off(tmp_path):
     """kill -9 of `volt apply` between writing the spec and starting the VM: status must not
     repeat how an older instance ended as if it were this one's."""

@@ -148,12 +148,10 @@ class Agent:
         if not self.scope.covers(Owner.from_record(applied)):
             return None
         obs = observe(vm_dir)
-        if obs["state"] == BUSY:      # alive but not answering: a snapshot, or a VMM killed and still tearing down
-            return ap.Result(spec.name, ap.UNCHANGED, f"busy: {obs['reason']}")   # (apply would restart that uncounted)
-        if obs["state"] == FAILED and obs.get("ended_by") is None:      # its VMM is gone, no exit record
+        if obs["state"] == BUSY:      # alive but not answering (a snapshot), or ended with its record
+            return ap.Result(spec.name, ap.UNCHANGED, f"busy: {obs['reason']}")   # not yet written: hold
+        if obs["state"] == FAILED and obs.get("ended_by") is None:      # VMM and supervisor gone, no record
             inst = vm_dir.read_instance() or {}
-            if is_alive(inst.get("supervisor_pid"), inst.get("supervisor_start")):
-                return ap.Result(spec.name, ap.UNCHANGED, "its VMM ended; its supervisor is writing the record")
             obs = dict(obs, ended_by="failure", started_at=inst.get("started_at"), ended_at=time.time())
         if obs["state"] not in (FAILED, STOPPED) or obs.get("ended_by") not in ("guest", "failure"):
             return None

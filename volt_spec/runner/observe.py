@@ -9,7 +9,8 @@ from .procs import is_alive
 
 RUNNING, PAUSED, STOPPED, FAILED, BUSY, COMPLETED = "running", "paused", "stopped", "failed", "busy", "completed"
 NOT_STARTED = "not started since its spec was applied (an interrupted apply?); volt apply starts it"
-ALIVE = (RUNNING, PAUSED, BUSY)          # a VMM process is there: never replaced for being slow
+ALIVE = (RUNNING, PAUSED, BUSY)
+RECORD_WAIT_S = 2.0                      # how long a status waits for a dying VMM's exit record          # a VMM process is there: never replaced for being slow
 
 
 def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
@@ -49,7 +50,11 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         out["policy"] = vm.get("policy")
         out["booted_from"] = inst.get("booted_from") or vm.get("boot", {}).get("booted_from", "cold")
         return out
-    ended = vm_dir.read_exit()
+    ended = _exit_record(vm_dir, inst)
+    if ended is None and is_alive(inst.get("supervisor_pid"), inst.get("supervisor_start")):
+        out.update(state=BUSY, reason=f"volt-vmm ended; its supervisor (pid {inst.get('supervisor_pid')}) "
+                                      f"has not recorded why yet")
+        return out
     if ended and ended.get("generation") == inst.get("generation"):
         out["reason"] = ended.get("reason", "")
         clean = ended.get("clean", False)
@@ -65,3 +70,17 @@ def observe(vm_dir: VmDir, api_timeout: float = 1.0) -> dict:
         return out
     out.update(state=FAILED, reason="volt-vmm and its supervisor are gone without an exit record")
     return out
+
+
+def _exit_record(vm_dir: VmDir, inst: dict) -> dict | None:
+    """The current instance's exit record; while its supervisor lives (it writes the record once
+    the VMM's output is drained), waited for up to RECORD_WAIT_S: a VMM just killed is not yet
+    "gone without an exit record"."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while True:
+        ended = vm_dir.read_exit()
+        if ended and ended.get("generation") == inst.get("generation"):
+            return ended
+        if time.monotonic() > deadline or not is_alive(inst.get("supervisor_pid"), inst.get("supervisor_start")):
+            return None
+        time.sleep(0.01)   # the supervisor writes it: another process, no fd to wait on
