@@ -18,6 +18,7 @@ MEM_REGION_BASE = 16 * MIB        # src/main.c MEM_REGION_BASE: the workload fil
 MEM_REPORT_MS = 1000              # at most one mem-ok line per second after the first pass
 PATTERN_MUL = 0x9E3779B97F4A7C15  # src/user.c: word at address a = (a * MUL) ^ XOR (mod 2^64)
 PATTERN_XOR = 0x5A17C0DE0B5E55ED
+DIRTY_GEN_MUL = 0xD1B54A32D192ED03  # src/user.c: dirty word = pattern(a) ^ (gen * MUL) (mod 2^64)
 _MASK64 = (1 << 64) - 1
 
 SECTOR_SIZE = 512                 # src/blk.c: virtio-blk sectors
@@ -36,6 +37,11 @@ TICK_RE = re.compile(r"^tick (\d+) clock_ms=(\d+) tsc_ms=(\d+)$")
 MEM_OK_RE = re.compile(r"^mem-ok ([0-9a-f]{16})$")
 MEM_CORRUPT_RE = re.compile(r"^mem-CORRUPT ([0-9a-f]{16})$")
 MEM_ERROR_PREFIX = "mem-ERROR "     # volt.mem did not fit in RAM above 16 MiB: no workload
+# volt.dirty=<MiB>: the region after volt.mem's, rewritten once per volt.tick_ms (src/user.c): each
+# pass checks the previous generation's words and writes the next's.
+DIRTY_OK_RE = re.compile(r"^dirty-ok gen=(\d+)$")
+DIRTY_CORRUPT_RE = re.compile(r"^dirty-CORRUPT ([0-9a-f]{16}) gen=(\d+)$")
+DIRTY_ERROR_PREFIX = "dirty-ERROR "
 PANIC_RE = re.compile(r"^VOLT-PANIC vector=(\d+) rip=([0-9a-f]+) err=([0-9a-f]+)$")
 BLK_OK_RE = re.compile(r"^blk-ok (\d+) ([0-9a-f]{16})$")
 BLK_RO_OK = "blk-ro-ok"
@@ -60,6 +66,7 @@ def cmdline(
     tick_ms: int | None = None,
     mem_mib: int = 0,
     poweroff: bool = False,
+    dirty_mib: int = 0,
     *,
     blk: str | None = None,
     blk_sectors: int | None = None,
@@ -82,6 +89,8 @@ def cmdline(
         words.append(f"volt.tick_ms={tick_ms}")
     if mem_mib:
         words.append(f"volt.mem={mem_mib}")
+    if dirty_mib:
+        words.append(f"volt.dirty={dirty_mib}")
     if poweroff:
         words.append("volt.poweroff")
     if blk is not None:
@@ -101,6 +110,11 @@ def cmdline(
     if io_loop:
         words.append("volt.io=loop")
     return " ".join(words)
+
+
+def dirty_word(addr: int, gen: int) -> int:
+    """The word src/user.c's dirty pass `gen` leaves at guest address `addr` (0 before pass 1)."""
+    return (((addr * PATTERN_MUL) & _MASK64) ^ PATTERN_XOR) ^ ((gen * DIRTY_GEN_MUL) & _MASK64) if gen else 0
 
 
 def mem_checksum(mem_mib: int) -> str:

@@ -3,7 +3,7 @@
  *
  * Boot: PVH info -> kvmclock -> ACPI (CPUs) -> x2APIC -> start APs and wait
  * (halted, woken by their IPIs) -> VOLT-READY -> ticks / ring-3 workload
- * (volt.mem, and the virtio tasks volt.blk / volt.net, all in user.c).
+ * (volt.mem, volt.dirty, and the virtio tasks volt.blk / volt.net, all in user.c).
  */
 #include "virtio.h"
 
@@ -40,6 +40,7 @@ struct config {
     u64 ticks;          /* 0 with ticks_given: tick forever */
     u64 tick_ms;
     u64 mem_mib;
+    u64 dirty_mib;
     int poweroff;
     int io;             /* volt.blk= or volt.net= given: ring 3 drives virtio devices */
     int vmgenid;        /* volt.vmgenid: print the VM generation ID at boot and whenever it changes */
@@ -109,6 +110,7 @@ static u64 parse_dec(const char *p, const char *end)
 static const char key_ticks[16] = "volt.ticks=";
 static const char key_tick_ms[16] = "volt.tick_ms=";
 static const char key_mem[16] = "volt.mem=";
+static const char key_dirty[16] = "volt.dirty=";
 static const char key_poweroff[16] = "volt.poweroff";
 static const char key_blk[16] = "volt.blk=";
 static const char key_net[16] = "volt.net=";
@@ -132,6 +134,8 @@ static void parse_cmdline(const char *s)
             cfg.tick_ms = v ? v : 1;
         } else if (has_prefix(s, n, key_mem, 9)) {
             cfg.mem_mib = parse_dec(s + 9, end);
+        } else if (has_prefix(s, n, key_dirty, 11)) {
+            cfg.dirty_mib = parse_dec(s + 11, end);
         } else if (n == 13 && has_prefix(s, n, key_poweroff, 13)) {
             cfg.poweroff = 1;
         } else if (n == 12 && has_prefix(s, n, key_vmgenid, 12)) {
@@ -368,23 +372,38 @@ static void wait_for_aps(u32 expected)
 
 /* ---- BSP ---- */
 
-/* Enter ring 3 for the memory workload and/or the virtio tasks; returns only if neither runs. */
-static void start_user_workload(void)
+/* A workload region [base, base + mib MiB) in RAM, else 0 after a `<prefix>-ERROR` line. */
+static u64 region_bytes(const char *name, u64 base, u64 mib)
 {
-    u64 bytes = cfg.mem_mib * MIB;
-    if (bytes && !ram_contains(MEM_REGION_BASE, MEM_REGION_BASE + bytes)) {
+    u64 bytes = mib * MIB;
+    if (bytes && !ram_contains(base, base + bytes)) {
         struct line l;
         l.len = 0;
-        line_str(&l, "mem-ERROR volt.mem=");
-        line_dec(&l, cfg.mem_mib);
+        line_str(&l, name);
+        line_str(&l, "-ERROR volt.");
+        line_str(&l, name);
+        line_str(&l, "=");
+        line_dec(&l, mib);
         line_str(&l, " does not fit in RAM above 16 MiB");
         line_emit(&l);
-        bytes = 0;
+        return 0;
     }
-    if (!bytes && !cfg.io)
+    return bytes;
+}
+
+/* Enter ring 3 for the memory workloads and/or the virtio tasks; returns only if none runs. */
+static void start_user_workload(void)
+{
+    u64 bytes = region_bytes("mem", MEM_REGION_BASE, cfg.mem_mib);
+    u64 dirty_base = MEM_REGION_BASE + cfg.mem_mib * MIB;      /* after volt.mem's, fitted or not */
+    u64 dirty = region_bytes("dirty", dirty_base, cfg.dirty_mib);
+    if (!bytes && !dirty && !cfg.io)
         return;
     user_args.mem_base = MEM_REGION_BASE;
     user_args.mem_bytes = bytes;
+    user_args.dirty_base = dirty_base;
+    user_args.dirty_bytes = dirty;
+    user_args.dirty_period_tsc = cfg.tick_ms * tsc_per_ms();
     user_args.report_tsc = MEM_REPORT_MS * tsc_per_ms();
     user_args.tsc_khz = tsc_per_ms();
     user_args.cmdline = cmdline_text;
@@ -442,7 +461,7 @@ void kmain(u32 start_info_paddr)
         ticking = 1;
         arm_next_tick();
     }
-    if (cfg.mem_mib || cfg.io)
+    if (cfg.mem_mib || cfg.dirty_mib || cfg.io)
         start_user_workload();
     for (;;)
         __asm__ volatile("sti; hlt" ::: "memory");

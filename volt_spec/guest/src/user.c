@@ -4,7 +4,10 @@
  *
  * The memory region is filled with a pattern that is a pure function of the
  * address, then verified forever, one MiB per step, so the blk/net tasks
- * get polled between steps.  Only ring-3-safe code here: the kernel is
+ * get polled between steps.  The dirty region is rewritten once per
+ * volt.tick_ms, each pass checking the previous generation's words and
+ * writing the next's (so a snapshot that lost a page written since its
+ * parent shows as dirty-CORRUPT), also a MiB per step.  Only ring-3-safe code here: the kernel is
  * reached through int 0x80 (rax = SYS_WRITE or SYS_IDLE).
  */
 #include "virtio.h"
@@ -200,6 +203,76 @@ static void mem_step(void)
     mem.corrupt = 0;
 }
 
+/* ---- dirty workload ---- */
+
+#define DIRTY_GEN_MUL   0xd1b54a32d192ed03UL
+
+struct dirty_state {
+    volatile u64 *base;
+    u64 words, next, gen, period_tsc, next_pass, bad;
+    int active, corrupt;
+};
+
+static struct dirty_state dirty;
+
+/* Generation g's word at address a; generation 0 is "never written" (all zeros). */
+static inline u64 dirty_word(u64 addr, u64 gen) { return gen ? pattern(addr) ^ (gen * DIRTY_GEN_MUL) : 0; }
+
+static void dirty_start(const struct user_args *a)
+{
+    dirty.base = (volatile u64 *)a->dirty_base;
+    dirty.words = a->dirty_bytes / 8;
+    dirty.period_tsc = a->dirty_period_tsc;
+    dirty.next_pass = user_now();
+}
+
+static void dirty_report(void)
+{
+    struct line l;
+    l.len = 0;
+    if (dirty.corrupt) {
+        line_str(&l, "dirty-CORRUPT ");
+        line_hex(&l, dirty.bad, 16);
+        line_str(&l, " gen=");
+    } else {
+        line_str(&l, "dirty-ok gen=");
+    }
+    line_dec(&l, dirty.gen);
+    user_emit(&l);
+}
+
+/* One MiB of the current pass (one starts every period): check gen - 1, write gen. 1 if busy. */
+static int dirty_step(void)
+{
+    if (!dirty.active) {
+        u64 now = user_now();
+        if (now < dirty.next_pass)
+            return 0;
+        dirty.next_pass = now + dirty.period_tsc;
+        dirty.gen++;
+        dirty.active = 1;
+        dirty.next = 0;
+        dirty.corrupt = 0;
+    }
+    u64 end = dirty.next + MEM_STEP_BYTES / 8;
+    if (end > dirty.words)
+        end = dirty.words;
+    for (u64 i = dirty.next; i < end; i++) {
+        u64 addr = (u64)&dirty.base[i];
+        if (dirty.base[i] != dirty_word(addr, dirty.gen - 1) && !dirty.corrupt) {
+            dirty.corrupt = 1;
+            dirty.bad = addr;
+        }
+        dirty.base[i] = dirty_word(addr, dirty.gen);
+    }
+    dirty.next = end;
+    if (end == dirty.words) {
+        dirty_report();
+        dirty.active = 0;
+    }
+    return 1;
+}
+
 /* ---- entry ---- */
 
 static struct virtio_window windows[VIRTIO_MAX_WINDOWS];
@@ -236,17 +309,20 @@ void user_main(const struct user_args *a)
         net_start(a, windows, n);
     if (a->mem_bytes)
         mem_start(a);
+    if (a->dirty_bytes)
+        dirty_start(a);
     int blk_busy = want_blk, net_busy = want_net;
     for (;;) {
         if (blk_busy)
             blk_busy = blk_bench ? blkbench_poll() : blk_poll();
         if (net_busy)
             net_busy = net_poll();
+        int dirty_busy = a->dirty_bytes && dirty_step();
         if (a->mem_bytes)
             mem_step();
-        else if (!blk_busy && !net_busy)
+        else if (!blk_busy && !net_busy && !a->dirty_bytes)
             user_idle();
-        else
+        else if (!dirty_busy)
             __asm__ volatile("pause");
     }
 }

@@ -108,6 +108,8 @@ struct user_args {
     u64 tsc_khz;
     const char *cmdline;        /* the whole command line (ring 3 parses its own words) */
     u64 dsdt;                   /* DSDT address or 0 */
+    u64 dirty_base, dirty_bytes; /* volt.dirty region (after volt.mem's); bytes 0: none */
+    u64 dirty_period_tsc;       /* one dirty pass per volt.tick_ms */
 };
 
 /* ---- user-mode helpers (user.c) ---- */
