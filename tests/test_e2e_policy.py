@@ -151,3 +151,20 @@ def test_failing_trigger_keeps_the_vm_running_and_shows_in_status(volt, tmp_path
     finally:
         volt("delete", "--all", check=None)
         subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_incremental_policy_snapshots_are_diffs_and_retention_keeps_their_parents(volt, tmp_path):
+    path = tmp_path / "inc.yaml"
+    text = POLICY_SPEC.format(name="inc", triggers="[{trigger: interval, every: 1s}]", retain="{count: 1}",
+                              cmdline="volt.ticks=0 volt.tick_ms=100 volt.dirty=4")
+    path.write_text(text + "    incremental: {fullEvery: 20}\n")
+    volt("apply", str(path))
+    wait_until(lambda: policy_status(volt, "inc")["snapshots_taken"] >= 5, timeout=30, what="5 interval snapshots",
+               explain=lambda: state_of(volt, "inc"))
+    text = text.replace("[{trigger: interval, every: 1s}]", "[]")
+    path.write_text(text + "    incremental: {fullEvery: 20}\n")
+    assert volt("apply", str(path)).stdout.startswith("vm/inc configured")
+    rows = wait_until(lambda: quiet_snaps(volt, "inc"), what="a listing no snapshot raced with")
+    # count: 1 keeps the newest, a diff, and so the whole chain it stands on: all of them here.
+    assert [r["kind"] for r in rows] == ["full"] + ["diff"] * (len(rows) - 1) and len(rows) >= 5, rows
+    assert all(r["valid"] for r in rows) and [r["parent"] for r in rows[1:]] == [r["id"] for r in rows[:-1]], rows

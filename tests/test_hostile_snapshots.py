@@ -157,6 +157,24 @@ def other_regions(change):
         change(state["memory"]["regions"][0])
     return apply
 
+def as_diff(parent: str = "base", sha: str | None = None, extents: list | None = None, loop: bool = False):
+    """Make the copy a diff on `parent` (a sibling copy of the good snapshot, made here unless
+    the name is not a plain one), recording `sha` as the parent's checksum (default: the real one)."""
+    def apply(snap: str) -> None:
+        state = state_of(snap)
+        base = os.path.join(os.path.dirname(snap), parent) if "/" not in parent else None
+        if base is not None and parent != "nope" and not os.path.exists(base):
+            shutil.copytree(snap, base)
+        if loop:                              # the parent is itself a diff on this one
+            parent_state = state_of(base)
+            parent_state["memory"].update(diff={"parent": os.path.basename(snap), "parent_sha256":
+                                                state["memory"]["sha256"], "depth": 1}, extents=[])
+            write_state(base, parent_state)
+        state["memory"].update(diff={"parent": parent, "parent_sha256": sha or state["memory"]["sha256"],
+                                     "depth": 1}, extents=[[0, 4096]] if extents is None else extents)
+        write_state(snap, state)
+    return apply
+
 
 CASES = {
     # memory.snap itself
@@ -206,6 +224,16 @@ CASES = {
     "memory-checksum-other": (craft(set_in("memory", "sha256", value="0" * 64)), "does not match the checksum"),
     "vcpu-regs-garbage": (craft(lambda s: s["vcpus"][0].update(regs="!!not base64!!")), "vcpu 0"),
     "vcpu-state-empty": (craft(lambda s: s["vcpus"].__setitem__(0, {})), "vcpu 0"),
+    # a diff's chain: its parent and extents are untrusted too
+    "diff-parent-path": (as_diff(parent="../good"), "names no valid parent"),
+    "diff-parent-missing": (as_diff(parent="nope"), "parent snapshot nope is missing"),
+    "diff-parent-changed": (as_diff(sha="0" * 64), "not the one it was taken on"),
+    "diff-parents-loop": (as_diff(loop=True), "loops back to"),
+    "diff-extent-outside": (as_diff(extents=[[1 << 40, 4096]]), "not inside one memory region"),
+    "diff-extent-misaligned": (as_diff(extents=[[100, 4096]]), "bad diff extent"),
+    "diff-extents-overlap": (as_diff(extents=[[0, 8192], [4096, 4096]]), "bad diff extent"),
+    "diff-extent-negative": (as_diff(extents=[[-4096, 4096]]), "bad diff extent"),
+    "diff-extents-too-many": (as_diff(extents=[[i * 4096, 4096] for i in range(40000)]), "at most"),
     "clock-saved-at-negative": (craft(set_in("vm", "clock", "saved_at_ns", value=-10 ** 30)), "saved_at_ns"),
 }
 

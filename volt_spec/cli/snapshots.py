@@ -64,18 +64,22 @@ def snapshot(targets: List[str] = typer.Argument(None, metavar="NAME|PATH...",
                                                                      "<vm>-<time>-<rand>)."),
              expire: bool = typer.Option(False, "--expire", help="Subject it to the spec's retain rules, as a "
                                                                  "policy snapshot is (default: kept until deleted)."),
+             diff: Optional[bool] = typer.Option(None, "--diff/--full", help="A diff (only the pages changed since "
+                                                 "the last snapshot taken or restored; the VM's spec needs "
+                                                 "snapshots.incremental) or a full snapshot (default: as "
+                                                 "snapshots.incremental.fullEvery says, else full)."),
              output: str = typer.Option("text", "-o", "--output", help="text or json.")) -> None:
     """Take a point-in-time snapshot of running VMs (memory and all device state).
 
     The guest is paused only while its state and memory are copied; the command
     returns once the snapshot is complete on disk. Prints its id, size on disk and
-    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms;
-    a list when several VMs were asked for).
+    how long the guest was paused (-o json: id, path, size_bytes, logical_bytes, paused_ms,
+    kind (full or diff) and a diff's parent; a list when several VMs were asked for).
     A manual snapshot is kept until `volt snapshots delete`: it neither counts against
     spec.snapshots.retain nor ages out by it, unless taken with --expire (retention then
     runs at once, as after a policy snapshot).
 
-    Example: volt snapshot hello --name warm   |   volt snapshot -l tier=db
+    Example: volt snapshot hello --name warm   |   volt snapshot -l tier=db   |   volt snapshot db --diff
     """
     if output not in ("text", "json"):
         err(f"-o must be text or json, not {output!r}")
@@ -86,12 +90,13 @@ def snapshot(targets: List[str] = typer.Argument(None, metavar="NAME|PATH...",
         raise typer.Exit(rc.USAGE)
     results, failed = [], False
     for vm_name in names:
-        result = _snapshot_one(vm_name, name, expire)
+        result = _snapshot_one(vm_name, name, expire, diff)
         failed |= result is None
         if result is not None and output == "json":
             results.append(result)
         elif result is not None:
-            typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {result['size_bytes'] / 1048576:.1f} MiB on "
+            kind = f"diff on {result['parent']}, " if result.get("kind") == "diff" else ""
+            typer.echo(f"snapshot {result['id']} of vm/{vm_name}: {kind}{result['size_bytes'] / 1048576:.1f} MiB on "
                        f"disk ({result['logical_bytes'] / 1048576:.0f} MiB of memory), guest paused "
                        f"{result['paused_ms']:.1f} ms")
     if output == "json":
@@ -99,7 +104,7 @@ def snapshot(targets: List[str] = typer.Argument(None, metavar="NAME|PATH...",
     raise typer.Exit(rc.FAILED if failed else rc.OK)
 
 
-def _snapshot_one(vm_name: str, name: str | None, expire: bool) -> dict | None:
+def _snapshot_one(vm_name: str, name: str | None, expire: bool, diff: bool | None = None) -> dict | None:
     """One VM's snapshot, or None after saying why not."""
     from ..runner.home import VmDir
     from ..runner.snapshots import SnapshotCommandError, take
@@ -109,7 +114,7 @@ def _snapshot_one(vm_name: str, name: str | None, expire: bool) -> dict | None:
         return None
     try:
         with vm_dir.lock():
-            return _with_write_progress(vm_dir, lambda: take(vm_dir, name, expire=expire))
+            return _with_write_progress(vm_dir, lambda: take(vm_dir, name, expire=expire, diff=diff))
     except SnapshotCommandError as e:
         err(str(e))
         return None
@@ -133,11 +138,12 @@ def restore(name: str = typer.Argument(..., help="The VM to replace by a restore
     if not applied:
         err(f"no VM named {name!r}")
         raise typer.Exit(rc.FAILED)
-    rows = [r for r in list_snapshots(home, name) if r["valid"]]
-    if snapshot_id:
-        rows = [r for r in rows if r["id"] == snapshot_id]
+    every = list_snapshots(home, name)
+    rows = [r for r in every if r["valid"] and r["id"] == (snapshot_id or r["id"])]
     if not rows:
-        err(f"no valid snapshot {snapshot_id or ''} for vm/{name} (volt snapshots list {name})".replace("  ", " "))
+        why = next((r["reason"] for r in every if r["id"] == snapshot_id and r["reason"]), "")
+        said = f"no valid snapshot {snapshot_id or ''} for vm/{name}".replace("  ", " ")
+        err(said + (f": {why}" if why else f" (volt snapshots list {name})"))
         raise typer.Exit(rc.FAILED)
     snap = rows[-1]
     import time
@@ -172,6 +178,9 @@ def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's
                    output: str = OUTPUT) -> None:
     """List snapshots (also those of deleted VMs), oldest first.
 
+    PARENT names the snapshot a diff stands on (snapshots.incremental; - for a full one); a
+    diff's SIZE counts its own files only, and it is valid only while its parents are.
+
     Example: volt snapshots list hello -o json
     """
     from ..runner.snapshots import list_snapshots
@@ -185,10 +194,10 @@ def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's
         import time
         body = [[r["id"], r["vm"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if r["created"] else "-",
                  _trigger(r), f"{r['size_bytes'] / 1048576:.1f}Mi / {r['logical_bytes'] / 1048576:.0f}Mi",
-                 f"{r['paused_ms']:.1f}" if r["paused_ms"] is not None else "-",
+                 f"{r['paused_ms']:.1f}" if r["paused_ms"] is not None else "-", r["parent"] or "-",
                  "yes" if r["valid"] else f"no: {r['reason']}"] for r in rows]
         typer.echo(tabulate(body, headers=["ID", "VM", "CREATED", "TRIGGER", "SIZE (disk/logical)",
-                                           "PAUSED ms", "VALID"], tablefmt="plain") if rows else "no snapshots")
+                                           "PAUSED ms", "PARENT", "VALID"], tablefmt="plain") if rows else "no snapshots")
 
 
 def _trigger(r: dict) -> str:
@@ -202,7 +211,7 @@ def _snap_json(r: dict) -> dict:
     """A row for -o json|yaml: `created` in RFC 3339 (UTC)."""
     from ..runner.times import rfc3339
     out = {k: r[k] for k in ("id", "vm", "created", "trigger", "expire", "size_bytes", "logical_bytes",
-                             "paused_ms", "valid", "reason", "path")}
+                             "paused_ms", "kind", "parent", "valid", "reason", "path")}
     out["created"] = rfc3339(out["created"]) if out["created"] else None
     return out
 
@@ -236,6 +245,85 @@ def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot t
     typer.echo(f"snapshot {snapshot_id}: ok (state CRC-64 and memory checksum match)")
 
 
+@snapshots_app.command("squash")
+def snapshots_squash(snapshot_id: str = typer.Argument(..., help="The diff snapshot to make full."),
+                     output: str = typer.Option("text", "-o", "--output", help="text or json.")) -> None:
+    """Merge a diff snapshot and the chain under it into a full snapshot of the same id.
+
+    Its memory file then holds every page and it needs no parent (the parents stay: delete
+    them or let retention do it); restoring it maps one file. Diffs taken on it still restore.
+
+    Example: volt snapshots squash hello-20261205-120000-ab12
+    """
+    from ..runner.snapshots import SnapshotCommandError, squash
+    path = _snapshot_path(snapshot_id)
+    try:
+        row = squash(home_dir(), path)
+    except SnapshotCommandError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED) from None
+    if output == "json":
+        typer.echo(json.dumps(_snap_json(row), indent=2))
+    else:
+        typer.echo(f"snapshot {snapshot_id} squashed: a full snapshot, {row['size_bytes'] / 1048576:.1f} MiB on disk")
+
+
+@snapshots_app.command("export")
+def snapshots_export(snapshot_id: str = typer.Argument(..., help="The snapshot to export."),
+                     out: str = typer.Option(..., "-o", "--output", help="The file to write (replaced atomically)."),
+                     fmt: str = typer.Option("text", "--format", help="text or json.")) -> None:
+    """Write a snapshot (state, memory and disk copies) to one compressed, checked file.
+
+    zstd's seekable format, with a checksum over everything; a diff is written in its full form,
+    so the file needs nothing else. `volt snapshots import FILE` puts it back, here or on another
+    host of the same kind (CPU vendor and model, KVM kind).
+
+    Example: volt snapshots export warm -o warm.volt
+    """
+    from ..runner.progress import Progress
+    from ..runner.snapshots import SnapshotCommandError, export, summary
+    path = _snapshot_path(snapshot_id)
+    row = summary(path, path.parent.name)
+    if not row["valid"]:
+        err(f"snapshot {snapshot_id} is not valid: {row['reason']}")
+        raise typer.Exit(rc.FAILED)
+    bar = Progress(max(row["size_bytes"], 1), f"exporting {snapshot_id}")
+    try:
+        result = export(home_dir(), path, out, bar)
+    except SnapshotCommandError as e:
+        bar.close()
+        err(str(e))
+        raise typer.Exit(rc.FAILED) from None
+    bar.close()
+    if fmt == "json":
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"snapshot {snapshot_id} exported to {out}: {result['bytes'] / 1048576:.1f} MiB "
+                   f"({result['data_bytes'] / 1048576:.1f} MiB of data)")
+
+
+@snapshots_app.command("import")
+def snapshots_import(file: str = typer.Argument(..., help="A file `volt snapshots export` wrote."),
+                     vm: Optional[str] = typer.Option(None, "--vm", help="Whose snapshot it becomes (default: "
+                                                                        "the VM it was taken of)."),
+                     as_id: Optional[str] = typer.Option(None, "--id", help="Its id here (default: its own).")) -> None:
+    """Check an exported snapshot and add it to the catalogue.
+
+    Every byte is checked against the file's checksum, then the snapshot's state CRC and memory
+    checksum; only then does it appear (nothing is left behind when it is refused). It is then
+    restored like any other: `volt restore VM --snapshot ID`, or `snapshots.restore: ID`.
+
+    Example: volt snapshots import warm.volt --vm web --id warm
+    """
+    from ..runner.snapshots import SnapshotCommandError, import_export
+    try:
+        dest = import_export(home_dir(), file, vm, as_id)
+    except SnapshotCommandError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED) from None
+    typer.echo(f"snapshot {dest.name} of vm/{dest.parent.name} imported from {file}")
+
+
 @snapshots_app.command("delete")
 def snapshots_delete(target: str = typer.Argument(..., metavar="SNAPSHOT_ID|VM",
                                                   help="The snapshot to delete; with --all, the VM whose snapshots."),
@@ -251,6 +339,10 @@ def snapshots_delete(target: str = typer.Argument(..., metavar="SNAPSHOT_ID|VM",
         typer.echo(f"{len(deleted)} snapshot{'s' * (len(deleted) != 1)} of vm/{target} deleted" if deleted
                    else f"vm/{target} has no snapshots")
         return
-    from ..runner.snapshots import delete
-    delete(_snapshot_path(target))
+    from ..runner.snapshots import SnapshotCommandError, delete
+    try:
+        delete(_snapshot_path(target))
+    except SnapshotCommandError as e:
+        err(str(e))
+        raise typer.Exit(rc.FAILED) from None
     typer.echo(f"snapshot {target} deleted")

@@ -48,6 +48,7 @@ class Cap:
     MAX_VCPUS = CapNumber(66)
     TSC_DEADLINE_TIMER = CapNumber(72)
     IMMEDIATE_EXIT = CapNumber(136)
+    MANUAL_DIRTY_LOG_PROTECT2 = CapNumber(168)
     XSAVE2 = CapNumber(208)
 
 

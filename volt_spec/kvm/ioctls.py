@@ -52,6 +52,7 @@ KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(0x0A, s.KvmMsrListHeader)
 
 # VM ioctls
 KVM_CREATE_VCPU = _IO(0x41)
+KVM_GET_DIRTY_LOG = _IOW(0x42, s.KvmDirtyLog)
 KVM_SET_USER_MEMORY_REGION = _IOW(0x46, s.KvmUserspaceMemoryRegion)
 KVM_SET_TSS_ADDR = _IO(0x47)                                     # KVM_CAP_SET_TSS_ADDR
 KVM_SET_IDENTITY_MAP_ADDR = _IOW(0x48, ctypes.c_uint64)          # KVM_CAP_SET_IDENTITY_MAP_ADDR
@@ -67,6 +68,7 @@ KVM_GET_CLOCK = _IOR(0x7C, s.KvmClockData)                       # KVM_CAP_ADJUS
 KVM_GET_PIT2 = _IOR(0x9F, s.KvmPitState2)                        # KVM_CAP_PIT_STATE2
 KVM_SET_PIT2 = _IOW(0xA0, s.KvmPitState2)                        # KVM_CAP_PIT_STATE2
 KVM_ENABLE_CAP = _IOW(0xA3, s.KvmEnableCap)
+KVM_CLEAR_DIRTY_LOG = _IOWR(0xC0, s.KvmClearDirtyLog)             # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
 
 # vCPU ioctls
 KVM_RUN = _IO(0x80)

@@ -35,12 +35,14 @@ class GuestMemoryError(ValueError):
 class MemoryRegion:
     """One contiguous guest-physical range backed by one host mapping."""
 
-    __slots__ = ("gpa", "size", "map", "host_addr", "_anchor", "backing")
+    __slots__ = ("gpa", "size", "map", "host_addr", "_anchor", "backing", "overlays", "written")
 
     def __init__(self, gpa: int, size: int, mapping: mmap.mmap,
                  backing: tuple[int, int] | None = None) -> None:
         self.gpa, self.size, self.map = gpa, size, mapping
         self.backing = backing          # (file fd, offset) when mapped MAP_PRIVATE from a snapshot
+        self.overlays: list[tuple[int, int]] = []   # (offset, length) mapped from a diff over it
+        self.written: bytearray | None = None       # one byte per page our devices wrote (dirty.py)
         # SAFETY: the anchor keeps an export on the mapping, so it cannot be closed or
         # resized while KVM holds `host_addr` in a memory slot.
         self._anchor = ctypes.c_char.from_buffer(mapping)
@@ -62,12 +64,33 @@ class MemoryRegion:
             raise OSError(err, f"mapping the memory file over guest RAM at {self.gpa:#x}: {os.strerror(err)}")
         self.backing = (fd, offset)
 
+    def map_extent_over(self, fd: int, file_offset: int, offset: int, length: int) -> None:
+        """Map `length` bytes of `fd` from `file_offset` over this region at `offset`, MAP_FIXED|
+        MAP_PRIVATE (a diff snapshot's pages over its parent's). The caller checked that the
+        extent is page-aligned and inside the region; it is recorded in `overlays`."""
+        if offset < 0 or length <= 0 or offset + length > self.size or (offset | length | file_offset) % mmap.PAGESIZE:
+            raise ValueError(f"extent {offset:#x}+{length:#x} is not page-aligned inside a {self.size:#x}-byte region")
+        flags = mmap.MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE
+        addr = _mmap_fn()(self.host_addr + offset, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, file_offset)
+        if addr is None or addr == _MAP_FAILED or addr != self.host_addr + offset:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mapping a diff extent over guest RAM at {self.gpa + offset:#x}: {os.strerror(err)}")
+        self.overlays.append((offset, length))
+
+    def note_written(self, offset: int, length: int) -> None:
+        """Record that a device wrote [offset, offset+length) of this region (KVM's dirty log sees
+        only the guest's own writes); nothing while no one tracks."""
+        if self.written is not None and length > 0:
+            first, last = offset >> 12, (offset + length - 1) >> 12
+            self.written[first:last + 1] = b"\x01" * (last - first + 1)
+
 
 class GuestMemory:
     """The guest's RAM regions, sorted by guest-physical address."""
 
     def __init__(self, regions: list[MemoryRegion]) -> None:
         self.regions = sorted(regions, key=lambda r: r.gpa)
+        self.extra_fds: list[int] = []       # a diff chain's memory files (closed with the memory)
 
     @classmethod
     def anonymous(cls, ranges: list[tuple[int, int]]) -> "GuestMemory":
@@ -96,6 +119,7 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         region, off = self.region_for(gpa, len(data))
         region.map[off:off + len(data)] = data
+        region.note_written(off, len(data))
 
     def close(self) -> None:
         closed_fds = set()
@@ -105,3 +129,6 @@ class GuestMemory:
             if r.backing is not None and r.backing[0] not in closed_fds:
                 closed_fds.add(r.backing[0])
                 os.close(r.backing[0])
+        for fd in self.extra_fds:
+            os.close(fd)
+        self.extra_fds.clear()

@@ -244,6 +244,16 @@ class KvmEnableCap(ctypes.Structure):
     _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
 
 
+class KvmDirtyLog(ctypes.Structure):
+    """struct kvm_dirty_log: `dirty_bitmap` is the address of one bit per page of the slot."""
+    _fields_ = [("slot", u32), ("padding1", u32), ("dirty_bitmap", u64)]
+
+
+class KvmClearDirtyLog(ctypes.Structure):
+    """struct kvm_clear_dirty_log: `first_page` and `num_pages` multiples of 64 (or to the slot's end)."""
+    _fields_ = [("slot", u32), ("num_pages", u32), ("first_page", u64), ("dirty_bitmap", u64)]
+
+
 class KvmIrqfd(ctypes.Structure):
     _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
 
@@ -293,6 +303,8 @@ C_SIZES: dict[str, type] = {
     "struct kvm_clock_data": KvmClockData,
     "struct kvm_guest_debug": KvmGuestDebug,
     "struct kvm_enable_cap": KvmEnableCap,
+    "struct kvm_dirty_log": KvmDirtyLog,
+    "struct kvm_clear_dirty_log": KvmClearDirtyLog,
     "struct kvm_irqfd": KvmIrqfd,
     "struct kvm_ioeventfd": KvmIoeventfd,
 }

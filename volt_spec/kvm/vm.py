@@ -10,7 +10,10 @@ from . import structs as s
 from ._sys import ioctl, ioctl_ref
 
 KVM_PIT_SPEAKER_DUMMY = 1
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
+KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0
+KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1
 KVM_CLOCK_TSC_STABLE = 2
 KVM_CLOCK_REALTIME = 1 << 2
 KVM_CLOCK_HOST_TSC = 1 << 3
@@ -34,6 +37,30 @@ class Vm:
         """KVM_SET_USER_MEMORY_REGION"""
         region = s.KvmUserspaceMemoryRegion(slot, flags, guest_phys_addr, size, userspace_addr)
         ioctl_ref(self.fd, io.KVM_SET_USER_MEMORY_REGION, region, "KVM_SET_USER_MEMORY_REGION")
+
+    def get_dirty_log(self, slot: int, bitmap: ctypes.Array) -> None:
+        """KVM_GET_DIRTY_LOG: the pages of `slot` written since the last call, one bit per page,
+        into `bitmap` (at least ceil(pages / 64) u64s). Without manual protection it also resets
+        the log and write-protects the pages again."""
+        log = s.KvmDirtyLog(slot, 0, ctypes.addressof(bitmap))
+        ioctl_ref(self.fd, io.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG")
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap: ctypes.Array) -> None:
+        """KVM_CLEAR_DIRTY_LOG: re-protect the pages set in `bitmap` (bit 0 = `first_page`), so
+        their next write is logged again (with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled)."""
+        log = s.KvmClearDirtyLog(slot, num_pages, first_page, ctypes.addressof(bitmap))
+        ioctl_ref(self.fd, io.KVM_CLEAR_DIRTY_LOG, log, "KVM_CLEAR_DIRTY_LOG")
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd: what this VM supports (0 when absent)."""
+        return ioctl(self.fd, io.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION")
+
+    def enable_cap(self, cap: int, *args: int) -> None:
+        """KVM_ENABLE_CAP on the VM fd, with up to four arguments."""
+        arg = s.KvmEnableCap(int(cap), 0)
+        for i, value in enumerate(args):
+            arg.args[i] = value
+        ioctl_ref(self.fd, io.KVM_ENABLE_CAP, arg, "KVM_ENABLE_CAP")
 
     def set_tss_addr(self, addr: int) -> None:
         """KVM_SET_TSS_ADDR (three pages the VMX backend needs below 4 GiB)."""

@@ -197,9 +197,11 @@ def restore_into_warm(vm_dir, vm: dict, snap: Path, clock: str, applied: dict | 
     """Restore `snap` as the VM in a ready warm VMM of its shape; its instance record, or None when
     none is ready (or the VM's resources differ from a warm VMM's defaults). PoolMiss when one was
     taken and failed. The pool is refilled in the background either way."""
+    from .vmconfig import full_every
     key = shape_key(vm["vcpus"], vm["memory_mib"])
-    if not _default_resources(vm):
-        return None
+    if not _default_resources(vm) or full_every(applied) is not None or _is_diff(snap):
+        return None                 # a warm VMM tracks no dirty pages and maps one memory file
+
     candidates = sorted(ready(vm_dir.home, key), key=lambda e: e.primed() != str(snap))   # primed with it first
     entry = next((e for e in candidates if e.claim()), None)
     if entry is None:
@@ -211,6 +213,15 @@ def restore_into_warm(vm_dir, vm: dict, snap: Path, clock: str, applied: dict | 
         raise PoolMiss(f"the warm VMM could not become the VM: {e}") from None
     finally:
         fill(vm_dir.home)
+
+
+def _is_diff(snap: Path) -> bool:
+    from ..snapshot.chain import is_diff
+    from ..snapshot.format import SnapshotError, read_state
+    try:
+        return is_diff(read_state(str(snap)))
+    except SnapshotError:
+        return False                # the load says what is wrong with it
 
 
 def _default_resources(vm: dict) -> bool:

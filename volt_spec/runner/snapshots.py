@@ -23,12 +23,12 @@ def catalogue(home: Path):
 def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
     """One catalogue row; `valid` checks the state CRC and the memory file's name, type and size
     (and with deep=True its checksum, recording its fingerprint when it matches)."""
-    from ..snapshot.catalogue import check_memory_file, expires, read
+    from ..snapshot.catalogue import check_memory_file, expires, parent_of, read
     from ..snapshot.store import disk_usage
     snap = read(path, vm)
     row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None, "expire": False,
            "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": snap.reason,
-           "machine_hash": None}
+           "machine_hash": None, "kind": None, "parent": None}
     try:
         row["size_bytes"] = disk_usage(str(path))
         if snap.state is None:
@@ -36,14 +36,29 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
         meta = snap.meta
         row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"), expire=expires(snap),
                    logical_bytes=snap.state.get("memory", {}).get("size", 0), paused_ms=meta.get("paused_ms"),
-                   machine_hash=meta.get("machine_hash"))
+                   machine_hash=meta.get("machine_hash"), kind="diff" if parent_of(snap) else "full",
+                   parent=parent_of(snap))
         mem = check_memory_file(snap)
+        if row["parent"]:
+            _check_chain(path, snap.state)
         if deep:
             deep_check(path, mem, snap.state["memory"].get("sha256"), progress)
         row["valid"] = True
     except (SnapshotError, OSError, KeyError, ValueError, TypeError, AttributeError) as e:
         row["reason"] = str(e)
     return row
+
+
+def _check_chain(path: Path, state: dict) -> None:
+    """A diff is usable only with its parents: each present, sound, the one it was taken on, and
+    its memory file the recorded size (SnapshotError naming the first that is not)."""
+    from ..snapshot.catalogue import Snapshot, check_memory_file
+    from ..snapshot.chain import parents
+    for link in parents(str(path), state):
+        try:
+            check_memory_file(Snapshot(os.path.basename(link.dir), "", Path(link.dir), link.state))
+        except SnapshotError as e:
+            raise SnapshotError(f"its parent {os.path.basename(link.dir)}: {e}") from None
 
 
 def deep_check(path: Path, mem: str, sha256: object, progress=None) -> None:
@@ -71,12 +86,17 @@ def find(home: Path, snap_id: str) -> Path | None:
     return catalogue(home).find(snap_id)
 
 
-def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual", expire: bool = False) -> dict:
+def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual", expire: bool = False,
+         diff: bool | None = None) -> dict:
     """Snapshot a running VM through its API; the result names the id, size and pause.
+
+    A VM whose spec has snapshots.incremental gets a diff (or the full one fullEvery asks for);
+    `diff` True asks for a diff whatever fullEvery says, False for a full snapshot.
 
     A manual snapshot is kept until it is deleted; with `expire` it is subject to the VM's
     `retain` rules like a policy snapshot, and the VMM applies them as soon as it is taken."""
     from ..api.client import ApiClient, ApiError, ApiUnavailable
+    from .vmconfig import full_every
     from .vmctl import SNAPSHOT_TIMEOUT_S
     applied = vm_dir.read_applied() or {}
     snap_id = snapshot_id(name or new_id(vm_dir.name))
@@ -89,9 +109,14 @@ def take(vm_dir: VmDir, name: str | None = None, trigger: str = "manual", expire
             "spec": applied.get("document")}
     if expire:
         meta["expire"] = True
+    body = {"snapshot_path": str(dest), "meta": meta}
+    every = full_every(applied)
+    if diff:
+        body["snapshot_type"] = "Diff"
+    elif diff is None and every is not None:
+        body.update(snapshot_type="Diff", full_every=every)
     try:
-        return ApiClient(str(vm_dir.api_sock), timeout=SNAPSHOT_TIMEOUT_S).put(
-            "/snapshot/create", {"snapshot_path": str(dest), "meta": meta}) or {}
+        return ApiClient(str(vm_dir.api_sock), timeout=SNAPSHOT_TIMEOUT_S).put("/snapshot/create", body) or {}
     except ApiUnavailable as e:
         raise SnapshotCommandError(f"vm/{vm_dir.name} is not running ({e.reason})") from None
     except ApiError as e:
@@ -176,7 +201,61 @@ def _is_snapshot(path: Path) -> bool:
 
 
 def delete(path: Path) -> None:
+    """Delete one snapshot; refused (SnapshotCommandError) while a diff stands on it."""
+    from ..snapshot.catalogue import dependents
+    needing = dependents(path.parent, path.parent.name, path.name)
+    if needing:
+        raise SnapshotCommandError(f"snapshot {path.name} is the parent of diff(s) {', '.join(needing)}: "
+                                   f"delete those first (or the VM's snapshots with --all)")
     remove(str(path))
+
+
+def squash(home: Path, path: Path) -> dict:
+    """Merge a diff's chain into it (snapshot/chain.py), under its VM's lock (no snapshot of that VM
+    is written meanwhile); the new catalogue row."""
+    from ..snapshot.squash import squash as squash_chain
+    vm_dir = VmDir(home, path.parent.name)
+    with vm_dir.lock():
+        try:
+            squash_chain(str(path))
+        except SnapshotError as e:
+            raise SnapshotCommandError(str(e)) from None
+        except OSError as e:
+            raise SnapshotCommandError(f"squashing {path.name} failed: {e.strerror or e}") from None
+    return summary(path, path.parent.name)
+
+
+def export(home: Path, path: Path, out: str, progress=None) -> dict:
+    """`volt snapshots export`: the snapshot at `path` as one compressed file (snapshot/export.py)."""
+    from ..snapshot.export import export as write_export
+    try:
+        return write_export(str(path), out, path.parent.name, progress)
+    except SnapshotError as e:
+        raise SnapshotCommandError(str(e)) from None
+    except OSError as e:
+        raise SnapshotCommandError(f"exporting {path.name} to {out} failed: {e.strerror or e}") from None
+
+
+def import_export(home: Path, file: str, vm: str | None = None, snap_id_: str | None = None, progress=None) -> Path:
+    """`volt snapshots import`: unpack an export into VM's folder as ID (default: the export's own
+    vm and id, checked like any name from a user); the new snapshot's directory."""
+    from ..names import vm_name
+    from ..snapshot.export import ExportError, import_into, read_manifest
+    from pyzstd import SeekableFormatError, SeekableZstdFile, ZstdError
+    try:
+        if not (vm and snap_id_):
+            with SeekableZstdFile(file, "r") as z:
+                manifest, _ = read_manifest(z)
+            vm, snap_id_ = vm or manifest.get("vm"), snap_id_ or manifest.get("id")
+        vm_dir = VmDir(home, vm_name(str(vm)))
+        with vm_dir.lock():
+            return Path(import_into(file, str(vm_dir.snapshots), snapshot_id(str(snap_id_)), progress))
+    except (ExportError, SnapshotError, ValueError) as e:
+        raise SnapshotCommandError(f"import of {file} refused: {e}") from None
+    except (ZstdError, SeekableFormatError, EOFError) as e:
+        raise SnapshotCommandError(f"import of {file} refused: not a readable export ({e})") from None
+    except OSError as e:
+        raise SnapshotCommandError(f"import of {file} failed: {e.strerror or e}") from None
 
 
 def delete_all(home: Path, vm: str) -> list[str]:

@@ -23,7 +23,8 @@ def vmm_config(vm: dict, vm_dir: VmDir, restore_from: Path | None = None, clock:
     disks, nics = vm.get("disks", []), vm.get("network", [])
     config = VmmConfig(
         name=vm_dir.name,
-        machine=MachineConfig(vcpus=vm["vcpus"], memory_mib=vm["memory_mib"]),
+        machine=MachineConfig(vcpus=vm["vcpus"], memory_mib=vm["memory_mib"],
+                              track_dirty_pages=full_every(applied) is not None),
         drives=[DriveConfig(d["name"], d["path"], bool(d.get("readOnly"))) for d in disks],
         network=[NetConfig(n["name"], n["tap"], n.get("mac")) for n in nics],
         virtio=VirtioConfig(announce=vm.get("virtio_announce", "acpi")),
@@ -38,6 +39,12 @@ def vmm_config(vm: dict, vm_dir: VmDir, restore_from: Path | None = None, clock:
     return config
 
 
+def full_every(applied: dict | None) -> int | None:
+    """snapshots.incremental.fullEvery, None when the VM's snapshots are all full ones."""
+    incremental = ((applied or {}).get("snapshots") or {}).get("incremental")
+    return incremental.get("fullEvery") if isinstance(incremental, dict) else None
+
+
 def policy_config(applied: dict, vm_dir: VmDir) -> PolicyConfig:
     """The spec's `snapshots` section (schema/model.py: as written, defaults filled in) as the
     policy the VMM carries out by itself, with where and for whom."""
@@ -48,7 +55,8 @@ def policy_config(applied: dict, vm_dir: VmDir) -> PolicyConfig:
     return PolicyConfig(vm=vm_dir.name, snapshot_dir=str(vm_dir.snapshots), machine_hash=applied.get("machine_hash"),
                         shape_hash=applied.get("shape_hash"),
                         spec=applied.get("document"), clock=snaps.get("clock", "continue"), triggers=triggers,
-                        retain=RetainConfig(retain.get("count"), duration_seconds(max_age) if max_age else None))
+                        retain=RetainConfig(retain.get("count"), duration_seconds(max_age) if max_age else None),
+                        full_every=full_every(applied))
 
 
 def trigger_config(t: dict) -> TriggerConfig:

@@ -125,6 +125,9 @@ class VmSpec:
         return hashlib.sha256(canonical_json([document, self.machine_hash()])).hexdigest()
 
 
+DEFAULT_FULL_EVERY = 10             # snapshots.incremental.fullEvery
+
+
 def _snapshots(raw: dict) -> dict:
     """The spec's snapshot section as written, defaults filled in (runner/vmconfig.py maps it to
     the VMM's policy, durations parsed there)."""
@@ -143,7 +146,9 @@ def _snapshots(raw: dict) -> dict:
     else:                                    # latest/never boot when there is nothing; an id does not
         fallback = "boot" if restore in ("latest", "never") else "error"
     return {"restore": restore, "fallback": fallback, "clock": raw.get("clock", "continue"),
-            "triggers": triggers, "retain": retain, **({"pool": raw["pool"]} if raw.get("pool") else {})}
+            "triggers": triggers, "retain": retain, **({"pool": raw["pool"]} if raw.get("pool") else {}),
+            **({"incremental": {"fullEvery": raw["incremental"].get("fullEvery", DEFAULT_FULL_EVERY)}}
+               if isinstance(raw.get("incremental"), dict) else {})}
 
 
 def _devices(source: str, raw: dict, vm: str, replica: int | None) -> dict:

@@ -94,6 +94,31 @@ def check_memory_file(snap: Snapshot) -> str:
     return path
 
 
+def parent_of(snap: Snapshot) -> str | None:
+    """The id of the snapshot a diff stands on (None for a full snapshot or an unsound state)."""
+    memory = (snap.state or {}).get("memory")
+    diff = memory.get("diff") if isinstance(memory, dict) else None
+    return diff.get("parent") if isinstance(diff, dict) and isinstance(diff.get("parent"), str) else None
+
+
+def ancestors(snaps: list[Snapshot], ids: set[str]) -> set[str]:
+    """Every snapshot (of one VM's folder) that a diff among `ids` needs, directly or not."""
+    parent = {s.id: parent_of(s) for s in snaps}
+    out, todo = set(), [parent.get(i) for i in ids]
+    while todo:
+        p = todo.pop()
+        if p is not None and p not in out:
+            out.add(p)
+            todo.append(parent.get(p))
+    return out
+
+
+def dependents(folder: Path, vm: str, snap_id: str) -> list[str]:
+    """The diffs in a VM's folder that need `snap_id` (directly or through other diffs)."""
+    snaps = [read(p, vm) for p in snapshot_dirs(folder)]
+    return sorted(s.id for s in snaps if s.id != snap_id and snap_id in ancestors(snaps, {s.id}))
+
+
 def newest(folder: Path, vm: str) -> Snapshot | None:
     """The most recently created snapshot in a VM's folder whose state is sound."""
     snaps = [s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None]
@@ -111,9 +136,10 @@ def retention_victims(folder: Path, vm: str, count: int | None, max_age_s: float
     """What the retain rules delete, oldest first, among the snapshots they govern (`expires`):
     beyond the newest `count`, older than `max_age_s`. Never the newest of those, never those in
     `keep` (the one the VM runs from), never one whose state is unsound (`volt snapshots verify`
-    reports it; retention does not judge it), never a manual one (kept until deleted)."""
-    snaps = sorted((s for s in (read(p, vm) for p in snapshot_dirs(folder)) if s.state is not None and expires(s)),
-                   key=lambda s: (s.created, s.id))
+    reports it; retention does not judge it), never a manual one (kept until deleted), and never
+    one that a snapshot staying (a diff) needs."""
+    every = [read(p, vm) for p in snapshot_dirs(folder)]
+    snaps = sorted((s for s in every if s.state is not None and expires(s)), key=lambda s: (s.created, s.id))
     if not snaps or (count is None and max_age_s is None):
         return []
     keep = keep | {snaps[-1].id}
@@ -123,9 +149,10 @@ def retention_victims(folder: Path, vm: str, count: int | None, max_age_s: float
         if snap.id in keep:
             continue
         if excess > 0 or (max_age_s is not None and now - snap.created > max_age_s):
-            doomed.append(snap.path)
+            doomed.append(snap)
             excess -= 1
-    return doomed
+    needed = ancestors(every, {s.id for s in every} - {s.id for s in doomed})
+    return [s.path for s in doomed if s.id not in needed]
 
 
 class Catalogue:

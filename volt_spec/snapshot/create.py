@@ -14,12 +14,13 @@ import tempfile
 
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .format import MEMORY_FILE, STATE_FILE, SnapshotError, encode
-from .memory_file import ForkedWrite, MemoryFileError, write_memory
+from .memory_file import CopiedWrite, ForkedWrite, MemoryFileError, write_memory
 from .store import disk_usage
 
 FORK_ENV = "VOLT_SNAPSHOT_FORK"          # "0": copy guest memory in this process (for comparison)
 
-__all__ = ["MEMORY_FILE", "begin", "commit", "discard", "disk_usage", "host_identity", "start_memory_writer"]
+__all__ = ["MEMORY_FILE", "begin", "commit", "discard", "disk_usage", "host_identity", "start_diff",
+           "start_memory_writer"]
 
 
 def host_identity() -> dict:
@@ -57,6 +58,12 @@ def start_memory_writer(memory, tmp: str):
         except MemoryFileError as e:
             raise SnapshotError(str(e)) from None
     return wait
+
+
+def start_diff(memory, tmp: str, dirty: list) -> CopiedWrite:
+    """A diff's memory file, pre-copied: the pages in `dirty` (logged so far, the guest still
+    running) copied now; `add()` the rest in the pause, then `wait()` writes it (memory_file.py)."""
+    return CopiedWrite(memory, os.path.join(tmp, MEMORY_FILE), dirty)
 
 
 def commit(tmp: str, dest: str, state: dict) -> None:

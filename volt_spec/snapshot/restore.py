@@ -17,6 +17,7 @@ import stat
 from ..kvm.flavour import cpu_identity, kvm_flavour
 from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
+from .chain import Link, is_diff, map_diffs, parents
 from .memory_file import MemoryFileError, map_memory
 
 
@@ -53,23 +54,37 @@ def load(snapshot_dir: str, xsave_size: int | None = None, host: tuple[int, int]
     """
     raw, path = read_raw(snapshot_dir)
     doc, state = parse(raw, path)
-    mapped: list[int] = []                # the memory file's fd, once mapped
+    mapped: list[tuple[str, int, object]] = []     # (directory, memory fd, checksum) of each file mapped
 
     def checks() -> None:
         verify(raw, doc, state, path)
         check_compatible(state, snapshot_dir, xsave_size)
-        if mapped:
-            check_memory(snapshot_dir, mapped[0], state["memory"].get("sha256"), force=full_check)
+        for where, fd, sha256 in mapped:
+            check_memory(where, fd, sha256, force=full_check)
 
     try:
         check_shape(state, snapshot_dir, host)
         mem_path = memory_path(snapshot_dir, state["memory"])
+        chain = parents(snapshot_dir, state) if is_diff(state) else []
     except SnapshotError:
         verify(raw, doc, state, path)      # a corrupt file: say so rather than what it seems to hold
         raise
+    base_dir, base = (chain[-1].dir, chain[-1].memory) if chain else (snapshot_dir, state["memory"])
     try:
-        memory = map_memory(mem_path, state["memory"])
-        mapped.append(memory.regions[0].backing[0])
+        memory = map_memory(memory_path(base_dir, base) if chain else mem_path, base)
+        mapped.append((base_dir, memory.regions[0].backing[0], base.get("sha256")))
+        if chain:
+            diffs = [*reversed(chain[:-1]), Link(snapshot_dir, raw, doc, state, path)]
+            try:
+                fds = map_diffs(memory, diffs)
+            except BaseException:
+                mapped.clear()             # their fds close with the memory: checks() reads none
+                memory.close()
+                raise
+            mapped += [(link.dir, fd, link.memory.get("sha256")) for link, fd in zip(diffs, fds)]
+    except SnapshotError:
+        checks()
+        raise
     except MemoryFileError as e:
         checks()
         raise SnapshotError(str(e)) from None
@@ -96,6 +111,8 @@ def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, v
 
     try:
         check_shape(state, where, host)
+        if is_diff(state):
+            raise SnapshotError(f"{where}: a diff snapshot is restored from its directory, not by a warm VMM")
         check_fits(state, memory, vcpus, where)
         check_memory_file(memory_fd, state["memory"], where)
     except SnapshotError:

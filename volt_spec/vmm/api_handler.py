@@ -110,9 +110,10 @@ class VmmApi:
             raise ApiError(400, "meta must be an object")
         from ..fsutil import local_path
         dest = snapshot_path(body, self.state_dir)
+        diff = self._wants_diff(body)
         try:
             with self.machine.snapshot_lock:
-                result = persist.save(self.machine, local_path(dest), meta, resume=resume is not False)
+                result = persist.save(self.machine, local_path(dest), meta, resume=resume is not False, diff=diff)
         except SnapshotError as e:
             raise ApiError(400, str(e)) from None
         except OSError as e:
@@ -120,6 +121,23 @@ class VmmApi:
         if meta.get("expire") is True and self.machine.policy is not None:
             self.machine.policy.apply_retention()
         return dict(result, path=dest) if isinstance(result, dict) and "path" in result else result
+
+    def _wants_diff(self, body: dict) -> bool:
+        """`snapshot_type` "Diff" (Firecracker's word): the pages changed since the last snapshot
+        taken or restored, when the VM tracks dirty pages; `full_every` K makes every Kth a full one."""
+        kind = body.get("snapshot_type", "Full")
+        if kind not in ("Full", "Diff"):
+            raise ApiError(400, f"snapshot_type must be \"Full\" or \"Diff\", not {kind!r}")
+        every = body.get("full_every")
+        if every is not None and (type(every) is not int or every < 1):
+            raise ApiError(400, f"full_every must be a positive integer, not {every!r}")
+        if kind == "Full":
+            return False
+        if self.machine.dirty is None:
+            raise ApiError(400, "this VM does not track dirty pages, so it cannot take a diff snapshot "
+                                "(its spec needs snapshots.incremental)")
+        from .persist import diff_wanted
+        return diff_wanted(self.machine, every)
 
     def snapshot_load(self, body: dict, fds: tuple = ()) -> dict | None:
         raise ApiError(400, "PUT /snapshot/load is only valid before boot, and this VM has booted")

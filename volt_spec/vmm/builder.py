@@ -71,6 +71,7 @@ def build_from_snapshot(kvm, config: VmmConfig, into=None) -> Machine:
                                  full_check=restore.verify)
     try:
         machine_config, boot_source = persist.machine_of(state, restore.snapshot_dir)
+        machine_config.track_dirty_pages = config.machine.track_dirty_pages
         machine = Machine(kvm, machine_config, memory=memory, vm=into)
     except BaseException as e:
         memory.close()
@@ -89,6 +90,9 @@ def build_from_snapshot(kvm, config: VmmConfig, into=None) -> Machine:
             machine.devices.attach_virtio(drives, nets, config.virtio, config.name, machine.exit_event)
         persist.restore(machine, state, restore.clock)
         machine.booted_from = f"snapshot {os.path.basename(os.path.normpath(restore.snapshot_dir))}"
+        if machine.dirty is not None:           # the next diff is on the snapshot restored
+            machine.lineage = persist.lineage_of(os.path.basename(os.path.normpath(restore.snapshot_dir)),
+                                                 state["memory"])
         machine.boot_protocol = boot_source.boot or "snapshot"
         attach_policy(machine, config.policy)
     except BaseException:

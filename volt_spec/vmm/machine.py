@@ -104,6 +104,11 @@ class Machine:
 
         self.vm = vm or create_vm(kvm)
         self.memory = memory or GuestMemory.anonymous(layout.ram_ranges(self.mem_size))
+        self.dirty = None                                 # a DirtyTracker when diff snapshots are wanted
+        self.lineage: dict | None = None                  # what a diff of this memory is on (persist.py)
+        if config.track_dirty_pages:
+            from .dirty import DirtyTracker
+            self.dirty = DirtyTracker(self.vm, self.memory)
         # KVM_SET_USER_MEMORY_REGION takes ~5 ms here, mostly in the kernel with the GIL released:
         # run it beside the rest of the build and join before the first KVM_RUN.
         self._memory_worker = Worker(self._register_memory)
@@ -112,8 +117,9 @@ class Machine:
         self.bus_lock = self.devices.lock
 
     def _register_memory(self) -> None:
+        flags = self.dirty.flags if self.dirty is not None else 0
         for slot, region in enumerate(self.memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
+            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr, flags)
 
     def wait_memory(self) -> None:
         """Join the memory-slot thread; raise what it raised."""

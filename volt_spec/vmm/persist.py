@@ -80,22 +80,32 @@ def restore(machine, state: dict, clock_mode: str = "continue", ahead: bool = Fa
     return refused
 
 
-def save(machine, dest: str, meta: dict | None = None, resume: bool = True) -> dict:
-    """Write a complete snapshot of `machine` to the new directory `dest`; returns a summary."""
+def save(machine, dest: str, meta: dict | None = None, resume: bool = True, diff: bool = False) -> dict:
+    """Write a snapshot of `machine` to the new directory `dest`; returns a summary. With `diff`
+    (and dirty tracking, and a parent: the last snapshot taken or restored) only the pages
+    changed since the parent are written; otherwise all of them."""
     from ..snapshot import create
     from ..snapshot.memory_file import memory_digest
     dest, tmp = create.begin(dest)
+    parent, machine.lineage = machine.lineage, None       # a failed snapshot breaks the chain
     try:
-        xsize, was_running, t0 = _xsave_size(machine), machine.state == "Running", time.perf_counter()
+        xsize, was_running = _xsave_size(machine), machine.state == "Running"
+        staged = None
+        if diff and parent is not None:                   # pre-copy what the guest wrote so far
+            staged = create.start_diff(machine.memory, tmp, machine.dirty.collect(guest_only=True))
+        t0 = time.perf_counter()
         machine.pause()
         try:
-            captured, memory_writer = _capture(machine, tmp, xsize)
+            captured, memory_writer = _capture(machine, tmp, xsize, staged)
         finally:
             if resume and was_running:
                 machine.resume()
         paused_ms = (time.perf_counter() - t0) * 1000
         memory = memory_writer()
         memory["sha256"] = memory_digest(os.path.join(tmp, create.MEMORY_FILE))
+        if staged is not None:
+            memory["diff"] = {"parent": parent["id"], "parent_sha256": parent["sha256"],
+                              "depth": parent["depth"] + 1, "tracking": machine.dirty.method}
         c, boot = machine.config, machine.boot_source or BootSourceConfig("")
         state = {
             "meta": dict(meta or {}, created=time.time(), memory_mib=c.memory_mib, vcpus=c.vcpus,
@@ -106,9 +116,28 @@ def save(machine, dest: str, meta: dict | None = None, resume: bool = True) -> d
     except BaseException:
         create.discard(tmp)
         raise
+    if machine.dirty is not None:
+        machine.lineage = lineage_of(os.path.basename(dest), memory)
     return {"id": os.path.basename(dest), "path": dest, "paused_ms": round(paused_ms, 3),
             "size_bytes": create.disk_usage(dest), "logical_bytes": memory["size"],
-            "memory_data_bytes": memory["data_bytes"], "created": state["meta"]["created"]}
+            "memory_data_bytes": memory["data_bytes"], "created": state["meta"]["created"],
+            "kind": "diff" if staged is not None else "full",
+            **({"parent": parent["id"]} if staged is not None else {})}
+
+
+def diff_wanted(machine, full_every: int | None = None) -> bool:
+    """Whether the next snapshot can be a diff: the VM tracks dirty pages, has a parent (the last
+    snapshot taken or restored, none after a failed one) and, with `full_every` K, the parent is
+    fewer than K - 1 diffs from its full snapshot."""
+    lineage = machine.lineage
+    return (machine.dirty is not None and lineage is not None
+            and (full_every is None or lineage["depth"] + 1 < full_every))
+
+
+def lineage_of(snapshot_id: str, memory: dict) -> dict:
+    """What a diff on this snapshot records of it: its id, its memory checksum, its chain depth."""
+    depth = memory.get("diff", {}).get("depth", 0)
+    return {"id": snapshot_id, "sha256": memory["sha256"], "depth": depth}
 
 
 def _xsave_size(machine) -> int:
@@ -119,9 +148,11 @@ def _xsave_size(machine) -> int:
     return xsave_size(machine.kvm)
 
 
-def _capture(machine, tmp: str, xsize: int):
-    """Everything but memory, and the memory writer started, while the guest is paused and the
-    device I/O threads hold still (so memory and the virtqueues agree)."""
+def _capture(machine, tmp: str, xsize: int, staged=None):
+    """Everything but memory, the dirty record taken (reset either way: a full snapshot starts the
+    next diff's count) and the memory writer started -- a diff's last pages copied into `staged` --
+    while the guest is paused and the device I/O threads hold still (so memory and the virtqueues
+    agree). Returns (captured, the writer's wait)."""
     from contextlib import nullcontext
     from ..snapshot.create import start_memory_writer
     from ..snapshot.vcpu_state import save_vcpu
@@ -134,4 +165,8 @@ def _capture(machine, tmp: str, xsize: int):
                     "devices": machine.devices.save()}
         if virtio is not None:
             captured["virtio"] = virtio.save(tmp)
-        return captured, start_memory_writer(machine.memory, tmp)
+        dirty = machine.dirty.collect() if machine.dirty is not None else None
+        if staged is None:
+            return captured, start_memory_writer(machine.memory, tmp)
+        staged.add(dirty)
+        return captured, staged.wait

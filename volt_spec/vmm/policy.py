@@ -151,7 +151,8 @@ class PolicyEngine:
                 "spec": self.policy.spec}
         try:
             with self.machine.snapshot_lock:
-                result = persist.save(self.machine, os.path.join(self.dir, snap_id), meta)
+                diff = self.policy.full_every is not None and persist.diff_wanted(self.machine, self.policy.full_every)
+                result = persist.save(self.machine, os.path.join(self.dir, snap_id), meta, diff=diff)
         except (SnapshotError, OSError, RuntimeError) as e:
             message = getattr(e, "strerror", None) or str(e)
             with self.lock:

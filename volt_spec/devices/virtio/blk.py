@@ -234,6 +234,8 @@ def _transfer(op: object, fd: int, memory: object, bufs: list[tuple[int, int]], 
             # the slices are released below before returning, so the mapping can still close.
             with memoryview(region.map) as whole:
                 views.append(whole[off:off + n])
+            if op is os.preadv:
+                region.note_written(off, n)       # the guest's pages, written by us: not in KVM's log
         total = sum(len(v) for v in views)
         done = 0
         pending = views

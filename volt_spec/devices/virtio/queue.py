@@ -81,6 +81,7 @@ def store_u16(memory: Memory, gpa: int, value: int) -> None:
     region, offset = memory.region_for(gpa, 2)
     # SAFETY: as in load_u16; the store is a single aligned 16-bit write.
     ctypes.c_uint16.from_address(region.host_addr + offset).value = value & 0xFFFF
+    region.note_written(offset, 2)
 
 
 def _u16(data: bytes, off: int = 0) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import (ApiConfig, BootSourceConfig, DriveConfig, MachineConfig, NetConfig, PolicyConfig, RestoreConfig,
                VirtioConfig, VmmConfig, VmmConfigError, device_name, load, unique_names)
 
-MACHINE_LABELS = {"memory_mib": "--memory", "vcpus": "--vcpus"}
+MACHINE_LABELS = {"memory_mib": "--memory", "vcpus": "--vcpus", "track_dirty_pages": "--track-dirty-pages"}
 BOOT_LABELS = {"kernel": "--kernel", "initrd": "--initrd", "cmdline": "--cmdline", "boot": "--boot"}
 RESTORE_LABELS = {"snapshot_dir": "--restore", "clock": "--clock", "disk_overrides": "--disk-override",
                   "tap_overrides": "--tap-override", "mac_overrides": "--mac-override"}
@@ -25,7 +25,8 @@ def config_from_args(opts: dict) -> VmmConfig:
     name = device_name(opts.get("name", "vm"), "--name")
     return VmmConfig(
         name=name,
-        machine=MachineConfig.from_dict({"vcpus": opts.get("vcpus", 1), "memory_mib": opts.get("memory", 128)},
+        machine=MachineConfig.from_dict({"vcpus": opts.get("vcpus", 1), "memory_mib": opts.get("memory", 128),
+                                         "track_dirty_pages": bool(opts.get("track_dirty_pages"))},
                                         labels=MACHINE_LABELS),
         boot_source=_boot_source(opts),
         drives=unique_names([parse_drive(t, i) for i, t in enumerate(opts.get("disk", []))], "--disk"),

@@ -11,10 +11,13 @@ BOOT_PROTOCOLS = (None, "pvh", "linux64")
 
 
 class MachineConfig(Section):
-    __slots__ = ("vcpus", "memory_mib")
+    """`track_dirty_pages`: log which pages change (KVM's dirty log and the devices' writes), so
+    a snapshot can be a diff on the one before (vmm/dirty.py); off, the guest never pays for it."""
 
-    def __init__(self, vcpus: int = 1, memory_mib: int = 128) -> None:
-        self.vcpus, self.memory_mib = vcpus, memory_mib
+    __slots__ = ("vcpus", "memory_mib", "track_dirty_pages")
+
+    def __init__(self, vcpus: int = 1, memory_mib: int = 128, track_dirty_pages: bool = False) -> None:
+        self.vcpus, self.memory_mib, self.track_dirty_pages = vcpus, memory_mib, track_dirty_pages
 
     @classmethod
     def from_dict(cls, data: object, where: str = "machine", labels: dict | None = None) -> "MachineConfig":
@@ -27,7 +30,8 @@ class MachineConfig(Section):
         vcpus = r.get("vcpus", 1)
         if type(vcpus) is int and vcpus <= 0:
             raise VmmConfigError(f"{r.name('vcpus')} must be at least 1, not {vcpus}")
-        return cls(r.int("vcpus", 1, low=1), r.int("memory_mib", 128, low=MEMORY_MIN_MIB))
+        return cls(r.int("vcpus", 1, low=1), r.int("memory_mib", 128, low=MEMORY_MIN_MIB),
+                   r.flag("track_dirty_pages", False))
 
     def check_host(self, host_mem_mib: int, max_vcpus: int) -> None:
         """Refuse sizes this host cannot give (checked when the VM is built, on the host it runs on)."""

@@ -63,14 +63,18 @@ class RetainConfig(Section):
 
 
 class PolicyConfig(Section):
-    __slots__ = ("vm", "snapshot_dir", "machine_hash", "spec", "clock", "triggers", "retain", "shape_hash")
+    """`full_every`: snapshots are diffs on the one before, a full one every this many (None: all full)."""
+
+    __slots__ = ("vm", "snapshot_dir", "machine_hash", "spec", "clock", "triggers", "retain", "shape_hash",
+                 "full_every")
 
     def __init__(self, vm: str = "vm", snapshot_dir: str | None = None, machine_hash: str | None = None,
                  spec: dict | None = None, clock: str = "continue", triggers: list | None = None,
-                 retain: RetainConfig | None = None, shape_hash: str | None = None) -> None:
+                 retain: RetainConfig | None = None, shape_hash: str | None = None,
+                 full_every: int | None = None) -> None:
         self.vm, self.snapshot_dir, self.machine_hash, self.spec = vm, snapshot_dir, machine_hash, spec
         self.clock, self.triggers, self.retain = clock, triggers or [], retain or RetainConfig()
-        self.shape_hash = shape_hash
+        self.shape_hash, self.full_every = shape_hash, full_every
 
     @classmethod
     def from_dict(cls, data: object, where: str = "policy") -> "PolicyConfig":
@@ -83,7 +87,8 @@ class PolicyConfig(Section):
         return cls(device_name(r.get("vm", "vm"), f"{where}.vm"), r.optional_text("snapshot_dir"),
                    r.optional_text("machine_hash"), spec, r.choice("clock", ("continue", "realtime"), "continue"),
                    triggers, RetainConfig.from_dict(r.get("retain", {}), f"{where}.retain"),
-                   r.optional_text("shape_hash"))
+                   r.optional_text("shape_hash"),
+                   None if r.get("full_every", None) is None else r.int("full_every", low=1))
 
     def to_dict(self) -> dict:
         return dict(super().to_dict(), triggers=[t.to_dict() for t in self.triggers], retain=self.retain.to_dict())
