@@ -78,6 +78,7 @@ def test_diffs_restore_and_the_guest_loses_no_page(volt, tmp_path):
         assert t["memory_data_bytes"] < taken[0]["memory_data_bytes"] - (16 << 20), t
     rows = {r["id"]: r for r in json.loads(volt("snapshots", "list", "-o", "json").stdout)}
     assert all(r["valid"] for r in rows.values()) and rows["d3"]["parent"] == "d2" and rows["base"]["kind"] == "full"
+    assert rows["d3"]["tracking"] == "kvm-dirty-log+clear" and rows["base"]["tracking"] is None    # both KVMs have it
 
     gens["d6"] = last_gen(volt, "d") + 1
     for snap in ("d5", "d1", "d3"):

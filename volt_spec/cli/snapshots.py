@@ -179,7 +179,9 @@ def snapshots_list(vm: Optional[str] = typer.Argument(None, help="Only this VM's
     """List snapshots (also those of deleted VMs), oldest first.
 
     PARENT names the snapshot a diff stands on (snapshots.incremental; - for a full one); a
-    diff's SIZE counts its own files only, and it is valid only while its parents are.
+    diff's SIZE counts its own files only, and it is valid only while its parents are. -o json
+    adds `kind` and, for a diff, `tracking`: how its pages were found (kvm-dirty-log+clear:
+    KVM's dirty log with manual protection, or kvm-dirty-log, plus the devices' own record).
 
     Example: volt snapshots list hello -o json
     """
@@ -211,7 +213,7 @@ def _snap_json(r: dict) -> dict:
     """A row for -o json|yaml: `created` in RFC 3339 (UTC)."""
     from ..runner.times import rfc3339
     out = {k: r[k] for k in ("id", "vm", "created", "trigger", "expire", "size_bytes", "logical_bytes",
-                             "paused_ms", "kind", "parent", "valid", "reason", "path")}
+                             "paused_ms", "kind", "parent", "tracking", "valid", "reason", "path")}
     out["created"] = rfc3339(out["created"]) if out["created"] else None
     return out
 

@@ -28,7 +28,7 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
     snap = read(path, vm)
     row = {"id": path.name, "vm": vm, "path": str(path), "created": None, "trigger": None, "expire": False,
            "size_bytes": 0, "logical_bytes": 0, "paused_ms": None, "valid": False, "reason": snap.reason,
-           "machine_hash": None, "kind": None, "parent": None}
+           "machine_hash": None, "kind": None, "parent": None, "tracking": None}
     try:
         row["size_bytes"] = disk_usage(str(path))
         if snap.state is None:
@@ -37,7 +37,7 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
         row.update(created=meta.get("created"), trigger=meta.get("trigger", "manual"), expire=expires(snap),
                    logical_bytes=snap.state.get("memory", {}).get("size", 0), paused_ms=meta.get("paused_ms"),
                    machine_hash=meta.get("machine_hash"), kind="diff" if parent_of(snap) else "full",
-                   parent=parent_of(snap))
+                   parent=parent_of(snap), tracking=(snap.state["memory"].get("diff") or {}).get("tracking"))
         mem = check_memory_file(snap)
         if row["parent"]:
             _check_chain(path, snap.state)
