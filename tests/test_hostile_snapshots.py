@@ -176,6 +176,51 @@ def as_diff(parent: str = "base", sha: str | None = None, extents: list | None =
     return apply
 
 
+def as_compressed(damage=None):
+    """Make the copy a compressed snapshot (as `snapshots.compress: zstd` keeps one), then `damage`
+    its memory.snap.zst (a bytearray changed in place)."""
+    def apply(snap: str) -> None:
+        from volt_spec.snapshot.compressed import FILE, compress_file
+        state = state_of(snap)
+        fd = os.open(os.path.join(snap, "memory.snap"), os.O_RDONLY)
+        try:
+            info = compress_file(fd, os.path.join(snap, FILE))
+        finally:
+            os.close(fd)
+        os.unlink(os.path.join(snap, "memory.snap"))
+        state["memory"].update(file=FILE, compressed=info)
+        write_state(snap, state)
+        if damage is not None:
+            path = os.path.join(snap, FILE)
+            with open(path, "rb") as f:
+                data = bytearray(f.read())
+            damage(data)
+            with open(path, "wb") as f:
+                f.write(data)
+    return apply
+
+
+def _first_data_frame(data: bytearray) -> int:
+    """The offset of the first frame that is not the frame of zeros (the copy's first RAM page)."""
+    from volt_spec.snapshot.compressed import zero_frame
+    zero, pos = zero_frame(), 0
+    while data[pos:pos + len(zero)] == zero:
+        pos += len(zero)
+    return pos
+
+
+def _flip_in_frame(data: bytearray) -> None:
+    at = _first_data_frame(data) + 200
+    data[at:at + 16] = bytes(b ^ 0x5A for b in data[at:at + 16])
+
+
+def _lie_about_a_frame(data: bytearray) -> None:
+    import struct
+    n = struct.unpack_from("<I", data, len(data) - 9)[0]
+    table = len(data) - (8 + 8 * n + 9)
+    struct.pack_into("<I", data, table + 8 + 4, 1 << 20)      # frame 0 "decompresses" to 1 MiB
+
+
 CASES = {
     # memory.snap itself
     "memory-byte-flipped": (flip_memory_byte, "does not match the checksum"),
@@ -234,6 +279,14 @@ CASES = {
     "diff-extents-overlap": (as_diff(extents=[[0, 8192], [4096, 4096]]), "bad diff extent"),
     "diff-extent-negative": (as_diff(extents=[[-4096, 4096]]), "bad diff extent"),
     "diff-extents-too-many": (as_diff(extents=[[i * 4096, 4096] for i in range(40000)]), "at most"),
+    # a compressed memory file (snapshots.compress: zstd): its frames and seek table
+    "compressed-frame-flipped": (as_compressed(_flip_in_frame), "does not match the checksum"),
+    "compressed-truncated": (as_compressed(lambda d: d.__delitem__(slice(-100, None))), "seek table"),
+    "compressed-table-garbage": (as_compressed(lambda d: d.__setitem__(slice(-9, None), b"\xff" * 9)), "seek table"),
+    "compressed-frame-size-lie": (as_compressed(_lie_about_a_frame), "frame 0 of the compressed memory file"),
+    "compressed-not-zstd": (as_compressed(lambda d: d.__setitem__(slice(None), b"\0" * len(d))), "seek table"),
+    "compressed-symlink": (lambda snap: (as_compressed()(snap), replace_with("memory.snap.zst", "symlink")(snap)),
+                           "symlink"),
     "clock-saved-at-negative": (craft(set_in("vm", "clock", "saved_at_ns", value=-10 ** 30)), "saved_at_ns"),
 }
 

@@ -237,8 +237,8 @@ def snapshots_verify(snapshot_id: str = typer.Argument(..., help="The snapshot t
     from ..runner.progress import Progress
     from ..runner.snapshots import summary
     path = _snapshot_path(snapshot_id)
-    bar = Progress((path / "memory.snap").stat().st_size if (path / "memory.snap").exists() else 1,
-                   f"verifying {snapshot_id}")
+    memory = next((path / name for name in ("memory.snap", "memory.snap.zst") if (path / name).exists()), None)
+    bar = Progress(memory.stat().st_size if memory is not None else 1, f"verifying {snapshot_id}")
     row = summary(path, path.parent.name, deep=True, progress=bar)
     bar.close()
     if not row["valid"]:

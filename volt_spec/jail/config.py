@@ -43,6 +43,7 @@ class JailConfig:
     limits: Limits | None = None
     nofile: int = 4096
     preopen: str | None = None      # a directory (another VM's snapshot) whose files the VMM gets as fds
+    userfaultfd: bool = False       # pass a /dev/userfaultfd fd: a compressed snapshot is restored on demand
 
     def dump(self, path: str) -> None:
         from ..fsutil import atomic_write

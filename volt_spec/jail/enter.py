@@ -28,6 +28,7 @@ OLD_ROOT = ".old-root"
 LIB_LINKS = ("/lib", "/lib64", "/lib32", "/libx32")
 KVM_FD_ENV = "VOLT_KVM_FD"
 TAP_FDS_ENV = "VOLT_TAP_FDS"
+UFFD_FD_ENV = "VOLT_UFFD_FD"            # kvm/userfault.py reads it
 from ..fsutil import PREOPEN_DIR_ENV, PREOPEN_FDS_ENV  # noqa: E402  (the VMM reads them there)
 
 
@@ -72,6 +73,16 @@ def _chown(path: str, uid: int, gid: int) -> None:
         os.chown(path, uid, gid, follow_symlinks=False)
 
 
+def _open_userfaultfd() -> int | None:
+    """/dev/userfaultfd for a VMM restoring a compressed snapshot (root-only: the VMM could not
+    open it; USERFAULTFD_IOC_NEW on this fd gives it a userfaultfd for its own memory only). None
+    where the kernel has no such device: the VMM then decompresses ahead."""
+    try:
+        return os.open("/dev/userfaultfd", os.O_RDWR)
+    except OSError:
+        return None
+
+
 def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> tuple[subprocess.Popen, dict]:
     """The jailed VMM as a child of the caller (its host pid is the Popen's), and what status
     reports of the jail: {uid, gid, cgroup, root}."""
@@ -81,6 +92,9 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     tap_fds = _open_taps(taps)
     env = dict(popen.pop("env", None) or os.environ)
     env[KVM_FD_ENV] = str(kvm_fd)
+    uffd_dev = _open_userfaultfd() if config.userfaultfd else None
+    if uffd_dev is not None:
+        env[UFFD_FD_ENV] = str(uffd_dev)
     if tap_fds:
         env[TAP_FDS_ENV] = ",".join(f"{name}={tap.fileno()}" for name, tap in tap_fds.items())
     files = preopened(config.preopen)
@@ -95,11 +109,11 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     libc.unshare(libc.CLONE_NEWPID)
     try:
         proc = subprocess.Popen(cmd, env=env, pass_fds=(kvm_fd, go_r, *(t.fileno() for t in tap_fds.values()),
-                                                        *files.values()),
+                                                        *files.values(), *([uffd_dev] if uffd_dev is not None else [])),
                                 preexec_fn=lambda: _child(config), **popen)
     finally:
         libc.setns(own_pid_ns, libc.CLONE_NEWPID)
-        for fd in (own_pid_ns, kvm_fd, go_r, *files.values()):
+        for fd in (own_pid_ns, kvm_fd, go_r, *files.values(), *([uffd_dev] if uffd_dev is not None else [])):
             os.close(fd)
         for tap in tap_fds.values():
             tap.close()

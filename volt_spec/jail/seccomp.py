@@ -51,7 +51,7 @@ SYSCALLS = {
     "splice": 275, "sync_file_range": 277, "epoll_pwait": 281, "timerfd_create": 283, "eventfd": 284,
     "fallocate": 285, "timerfd_settime": 286, "timerfd_gettime": 287, "accept4": 288, "signalfd4": 289,
     "eventfd2": 290, "epoll_create1": 291, "dup3": 292, "pipe2": 293, "preadv": 295, "pwritev": 296,
-    "prlimit64": 302, "getcpu": 309, "renameat2": 316, "getrandom": 318, "membarrier": 324,
+    "prlimit64": 302, "getcpu": 309, "renameat2": 316, "getrandom": 318, "memfd_create": 319, "userfaultfd": 323, "membarrier": 324,
     "copy_file_range": 326, "preadv2": 327, "pwritev2": 328, "statx": 332, "rseq": 334, "clone3": 435,
     "close_range": 436, "faccessat2": 439, "epoll_pwait2": 441,
 }
@@ -62,7 +62,11 @@ AF_UNIX = 1
 # Non-KVM ioctls: terminals (isatty), close-on-exec and non-blocking flags, reflink copies, taps.
 OTHER_IOCTLS = {"TCGETS": 0x5401, "TIOCGWINSZ": 0x5413, "FIONREAD": 0x541B, "FIONBIO": 0x5421,
                 "FIONCLEX": 0x5450, "FIOCLEX": 0x5451, "FICLONE": 0x40049409, "TUNSETIFF": 0x400454CA,
-                "TUNGETIFF": 0x800454D2, "TUNSETOFFLOAD": 0x400454D0, "TUNSETVNETHDRSZ": 0x400454D8}
+                "TUNGETIFF": 0x800454D2, "TUNSETOFFLOAD": 0x400454D0, "TUNSETVNETHDRSZ": 0x400454D8,
+                # userfaultfd: a compressed snapshot's memory filled on demand (snapshot/lazy_memory.py)
+                "USERFAULTFD_IOC_NEW": 0xAA00, "UFFDIO_API": 0xC018AA3F, "UFFDIO_REGISTER": 0xC020AA00,
+                "UFFDIO_UNREGISTER": 0x8010AA01, "UFFDIO_WAKE": 0x8010AA02, "UFFDIO_COPY": 0xC028AA03,
+                "UFFDIO_ZEROPAGE": 0xC020AA04}
 
 
 def kvm_ioctls() -> list[int]:

@@ -91,6 +91,8 @@ class GuestMemory:
     def __init__(self, regions: list[MemoryRegion]) -> None:
         self.regions = sorted(regions, key=lambda r: r.gpa)
         self.extra_fds: list[int] = []       # a diff chain's memory files (closed with the memory)
+        self.filling = None                  # what still fills it (a compressed snapshot's memory server)
+        self.filling_method: str | None = None     # how a compressed snapshot's memory is filled
 
     @classmethod
     def anonymous(cls, ranges: list[tuple[int, int]]) -> "GuestMemory":
@@ -121,7 +123,14 @@ class GuestMemory:
         region.map[off:off + len(data)] = data
         region.note_written(off, len(data))
 
+    def wait_filled(self) -> None:
+        """Until all of a restored snapshot's memory is in the mappings (at once for most)."""
+        if self.filling is not None:
+            self.filling.wait()
+
     def close(self) -> None:
+        if self.filling is not None:
+            self.filling.close()
         closed_fds = set()
         for r in self.regions:
             del r._anchor

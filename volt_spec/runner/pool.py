@@ -197,10 +197,11 @@ def restore_into_warm(vm_dir, vm: dict, snap: Path, clock: str, applied: dict | 
     """Restore `snap` as the VM in a ready warm VMM of its shape; its instance record, or None when
     none is ready (or the VM's resources differ from a warm VMM's defaults). PoolMiss when one was
     taken and failed. The pool is refilled in the background either way."""
-    from .vmconfig import full_every
+    from .vmconfig import compression, full_every
     key = shape_key(vm["vcpus"], vm["memory_mib"])
-    if not _default_resources(vm) or full_every(applied) is not None or _is_diff(snap):
-        return None                 # a warm VMM tracks no dirty pages and maps one memory file
+    if (not _default_resources(vm) or full_every(applied) is not None or compression(applied) is not None
+            or _is_diff_or_compressed(snap)):
+        return None                 # a warm VMM tracks no dirty pages, compresses nothing, maps one plain file
 
     candidates = sorted(ready(vm_dir.home, key), key=lambda e: e.primed() != str(snap))   # primed with it first
     entry = next((e for e in candidates if e.claim()), None)
@@ -215,11 +216,13 @@ def restore_into_warm(vm_dir, vm: dict, snap: Path, clock: str, applied: dict | 
         fill(vm_dir.home)
 
 
-def _is_diff(snap: Path) -> bool:
+def _is_diff_or_compressed(snap: Path) -> bool:
     from ..snapshot.chain import is_diff
+    from ..snapshot.compressed import is_compressed
     from ..snapshot.format import SnapshotError, read_state
     try:
-        return is_diff(read_state(str(snap)))
+        state = read_state(str(snap))
+        return is_diff(state) or is_compressed(state.get("memory"))
     except SnapshotError:
         return False                # the load says what is wrong with it
 

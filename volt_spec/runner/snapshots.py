@@ -42,7 +42,7 @@ def summary(path: Path, vm: str, deep: bool = False, progress=None) -> dict:
         if row["parent"]:
             _check_chain(path, snap.state)
         if deep:
-            deep_check(path, mem, snap.state["memory"].get("sha256"), progress)
+            deep_check(path, mem, snap.state["memory"].get("sha256"), progress, snap.state["memory"])
         row["valid"] = True
     except (SnapshotError, OSError, KeyError, ValueError, TypeError, AttributeError) as e:
         row["reason"] = str(e)
@@ -61,15 +61,22 @@ def _check_chain(path: Path, state: dict) -> None:
             raise SnapshotError(f"its parent {os.path.basename(link.dir)}: {e}") from None
 
 
-def deep_check(path: Path, mem: str, sha256: object, progress=None) -> None:
-    """Read the whole memory file against the recorded checksum; on a match remember its fingerprint."""
+def deep_check(path: Path, mem: str, sha256: object, progress=None, layout: dict | None = None) -> None:
+    """Read the whole memory file against the recorded checksum (a compressed one decompressed
+    frame by frame); on a match remember its fingerprint."""
     from ..fsutil import open_regular
+    from ..snapshot.compressed import CompressedError, digest_fd, is_compressed
     from ..snapshot.fingerprint import record
     from ..snapshot.memory_file import memory_digest_fd
     fd = open_regular(mem)
     try:
-        if sha256 and memory_digest_fd(fd, progress) != sha256:
-            raise SnapshotError("memory.snap does not match the checksum recorded at creation")
+        try:
+            digest = (digest_fd(fd, int(layout["size"]), os.path.basename(mem), progress) if is_compressed(layout)
+                      else memory_digest_fd(fd, progress))
+        except CompressedError as e:
+            raise SnapshotError(str(e)) from None
+        if sha256 and digest != sha256:
+            raise SnapshotError(f"{os.path.basename(mem)} does not match the checksum recorded at creation")
         if sha256:
             record(str(path), fd, str(sha256))
     finally:

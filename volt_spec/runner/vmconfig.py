@@ -24,7 +24,8 @@ def vmm_config(vm: dict, vm_dir: VmDir, restore_from: Path | None = None, clock:
     config = VmmConfig(
         name=vm_dir.name,
         machine=MachineConfig(vcpus=vm["vcpus"], memory_mib=vm["memory_mib"],
-                              track_dirty_pages=full_every(applied) is not None),
+                              track_dirty_pages=full_every(applied) is not None,
+                              compress_snapshots=compression(applied) == "zstd"),
         drives=[DriveConfig(d["name"], d["path"], bool(d.get("readOnly"))) for d in disks],
         network=[NetConfig(n["name"], n["tap"], n.get("mac")) for n in nics],
         virtio=VirtioConfig(announce=vm.get("virtio_announce", "acpi")),
@@ -43,6 +44,11 @@ def full_every(applied: dict | None) -> int | None:
     """snapshots.incremental.fullEvery, None when the VM's snapshots are all full ones."""
     incremental = ((applied or {}).get("snapshots") or {}).get("incremental")
     return incremental.get("fullEvery") if isinstance(incremental, dict) else None
+
+
+def compression(applied: dict | None) -> str | None:
+    """snapshots.compress: "zstd" keeps full snapshots' memory compressed at rest (None: not)."""
+    return ((applied or {}).get("snapshots") or {}).get("compress")
 
 
 def policy_config(applied: dict, vm_dir: VmDir) -> PolicyConfig:

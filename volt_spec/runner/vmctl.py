@@ -56,7 +56,18 @@ def jail_config(vm: dict, vm_dir: VmDir, restore_from: Path | None):
                     cpu_quota=float(res.get("cpus", vm["vcpus"])), pids=int(res.get("pids", 256)))
     return JailConfig(name=vm_dir.name, uid=uid, gid=uid, root=str(vm_dir.home / "jail" / vm_dir.name),
                       ro=ro, rw=rw, owned=[str(vm_dir.run), str(vm_dir.snapshots), *(d["path"] for d in disks)],
-                      limits=limits, preopen=str(restore_from) if foreign else None)
+                      limits=limits, preopen=str(restore_from) if foreign else None,
+                      userfaultfd=restore_from is not None and _compressed(restore_from))
+
+
+def _compressed(snap: Path) -> bool:
+    """The snapshot's memory is compressed: its VMM gets a userfaultfd to decompress it on demand."""
+    from ..snapshot.compressed import is_compressed
+    from ..snapshot.format import SnapshotError, read_state
+    try:
+        return is_compressed(read_state(str(snap)).get("memory"))
+    except SnapshotError:
+        return False                      # the VMM's load says what is wrong with it
 
 
 def taken_uids(home: Path, mine: Path | None = None) -> set:

@@ -148,7 +148,8 @@ def _snapshots(raw: dict) -> dict:
     return {"restore": restore, "fallback": fallback, "clock": raw.get("clock", "continue"),
             "triggers": triggers, "retain": retain, **({"pool": raw["pool"]} if raw.get("pool") else {}),
             **({"incremental": {"fullEvery": raw["incremental"].get("fullEvery", DEFAULT_FULL_EVERY)}}
-               if isinstance(raw.get("incremental"), dict) else {})}
+               if isinstance(raw.get("incremental"), dict) else {}),
+            **({"compress": raw["compress"]} if raw.get("compress") else {})}
 
 
 def _devices(source: str, raw: dict, vm: str, replica: int | None) -> dict:

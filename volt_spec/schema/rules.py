@@ -116,6 +116,11 @@ def _triggers(doc: Document) -> list[SpecError]:
             except PatternError as e:
                 out.append(_err(doc, ("spec", "snapshots", "triggers", i, "match"),
                                 f"invalid regular expression: {e}"))
+    if get(doc.data, "spec", "snapshots", "compress") is not None and isinstance(
+            get(doc.data, "spec", "snapshots", "incremental"), dict):
+        out.append(_err(doc, ("spec", "snapshots", "compress"),
+                        "compress and incremental cannot be combined yet: a diff is mapped over its "
+                        "parent's uncompressed memory file"))
     return out
 
 

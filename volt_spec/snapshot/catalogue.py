@@ -77,6 +77,8 @@ def check_memory_file(snap: Snapshot) -> str:
     try:
         layout = snap.state["memory"]
         path, size = memory_path(str(snap.path), layout), int(layout["size"])
+        if isinstance(layout.get("compressed"), dict):        # memory.snap.zst: its own recorded size
+            size = int(layout["compressed"]["bytes"])
     except (KeyError, TypeError, ValueError) as e:
         raise SnapshotError(f"bad memory layout in state.json ({e})") from None
     try:

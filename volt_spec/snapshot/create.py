@@ -19,7 +19,7 @@ from .store import disk_usage
 
 FORK_ENV = "VOLT_SNAPSHOT_FORK"          # "0": copy guest memory in this process (for comparison)
 
-__all__ = ["MEMORY_FILE", "begin", "commit", "discard", "disk_usage", "host_identity", "start_diff",
+__all__ = ["MEMORY_FILE", "begin", "commit", "compress_memory", "discard", "disk_usage", "host_identity", "start_diff",
            "start_memory_writer"]
 
 
@@ -66,6 +66,19 @@ def start_diff(memory, tmp: str, dirty: list) -> CopiedWrite:
     return CopiedWrite(memory, os.path.join(tmp, MEMORY_FILE), dirty)
 
 
+def compress_memory(tmp: str) -> dict:
+    """memory.snap replaced by memory.snap.zst (compressed.py): what state.json's memory gains."""
+    from .compressed import FILE, compress_file
+    src = os.path.join(tmp, MEMORY_FILE)
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = compress_file(fd, os.path.join(tmp, FILE))
+    finally:
+        os.close(fd)
+    os.unlink(src)
+    return {"file": FILE, "compressed": info}
+
+
 def commit(tmp: str, dest: str, state: dict) -> None:
     """state.json, the fsyncs, the memory fingerprint, then the rename that makes `dest` appear."""
     state_fd = os.open(os.path.join(tmp, STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -73,8 +86,9 @@ def commit(tmp: str, dest: str, state: dict) -> None:
         f.write(encode(state))
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(os.path.join(tmp, MEMORY_FILE))
-    record_fingerprint(tmp, state["memory"]["sha256"])
+    memory_file = state["memory"].get("file", MEMORY_FILE)
+    _fsync_path(os.path.join(tmp, memory_file))
+    record_fingerprint(tmp, state["memory"]["sha256"], memory_file)
     _fsync_path(tmp, directory=True)
     os.rename(tmp, dest)
     _fsync_path(os.path.dirname(dest), directory=True)
@@ -88,10 +102,10 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def record_fingerprint(snapshot_dir: str, sha256: str) -> None:
+def record_fingerprint(snapshot_dir: str, sha256: str, memory_file: str = MEMORY_FILE) -> None:
     """The memory file as written, so a restore of it need not read it all (fingerprint.py)."""
     from .fingerprint import record
-    fd = os.open(os.path.join(snapshot_dir, MEMORY_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(os.path.join(snapshot_dir, memory_file), os.O_RDONLY | os.O_CLOEXEC)
     try:
         record(snapshot_dir, fd, sha256)
     finally:

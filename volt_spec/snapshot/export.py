@@ -150,7 +150,8 @@ def check_manifest(m: object) -> dict:
                     or e[0] < end or e[1] <= 0 or e[0] + e[1] > size):
                 raise ExportError(f"{name}: extent {e!r} is not inside the file, ascending")
             end = e[0] + e[1]
-    if not {STATE_FILE, MEMORY_FILE} <= names:
+    from .compressed import FILE as COMPRESSED_FILE
+    if STATE_FILE not in names or not names & {MEMORY_FILE, COMPRESSED_FILE}:
         raise ExportError(f"it holds no {STATE_FILE} or {MEMORY_FILE}")
     return m
 
@@ -209,17 +210,22 @@ def _verify(tmp: str) -> None:
     recorded checksum (then its fingerprint is recorded, so a restore need not read it again)."""
     from .fingerprint import record
     from .format import memory_path, read_state
-    from .memory_file import memory_digest
+    from .memory_file import memory_digest_fd
     from .chain import is_diff
+    from .compressed import CompressedError, digest_fd, is_compressed
     state = read_state(tmp)
     if is_diff(state):
         raise ExportError("it holds a diff snapshot (an export is a full one: it needs no parent)")
-    mem = memory_path(tmp, state.get("memory", {}))
-    sha = state.get("memory", {}).get("sha256")
-    if memory_digest(mem) != sha:
-        raise ExportError("its memory does not match the checksum in its state")
+    layout = state.get("memory", {})
+    mem, sha = memory_path(tmp, layout), layout.get("sha256")
     fd = os.open(mem, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        try:
+            digest = digest_fd(fd, int(layout["size"]), mem) if is_compressed(layout) else memory_digest_fd(fd)
+        except (CompressedError, KeyError, TypeError, ValueError):
+            digest = None
+        if digest != sha:
+            raise ExportError("its memory does not match the checksum in its state")
         record(tmp, fd, sha)
     finally:
         os.close(fd)

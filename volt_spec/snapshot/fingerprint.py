@@ -30,10 +30,11 @@ def record(snapshot_dir: str, fd: int, sha256: str) -> None:
     atomic_write(os.path.join(snapshot_dir, FINGERPRINT_FILE), line(fd, sha256), mode=0o600)
 
 
-def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False) -> str:
+def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False, digest=None) -> str:
     """Refuse a memory file that is not what the snapshot wrote. Returns how it was checked:
     "fingerprint" (unchanged since the last full check) or "checksum" (read in full, and the
-    fingerprint recorded again when the directory is writable)."""
+    fingerprint recorded again when the directory is writable). `digest(fd)`: the file's checksum
+    function when it is not memory_file.memory_digest_fd (a compressed file's)."""
     from ..fsutil import read_regular
     saved = None
     if not force:
@@ -41,7 +42,7 @@ def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False
             saved = read_regular(os.path.join(snapshot_dir, FINGERPRINT_FILE), 4096)
         except OSError:
             pass
-    how = check_memory_fd(snapshot_dir, fd, sha256, saved)
+    how = check_memory_fd(snapshot_dir, fd, sha256, saved, digest)
     if how == "checksum":
         try:
             record(snapshot_dir, fd, sha256)
@@ -50,7 +51,7 @@ def check_memory(snapshot_dir: str, fd: int, sha256: object, force: bool = False
     return how
 
 
-def check_memory_fd(where: str, fd: int, sha256: object, saved: bytes | None) -> str:
+def check_memory_fd(where: str, fd: int, sha256: object, saved: bytes | None, digest=None) -> str:
     """check_memory for a file known only by its fd (a warm VMM's) and the fingerprint line read
     beside it (`saved`, None when there is none): "fingerprint" or "checksum", or SnapshotError."""
     if not isinstance(sha256, str) or len(sha256) != 64:
@@ -58,7 +59,12 @@ def check_memory_fd(where: str, fd: int, sha256: object, saved: bytes | None) ->
     if saved is not None and saved == line(fd, sha256):
         return "fingerprint"
     from .memory_file import memory_digest_fd
-    if memory_digest_fd(fd) != sha256:
+    from .compressed import CompressedError
+    try:
+        matches = (digest or memory_digest_fd)(fd) == sha256
+    except CompressedError:
+        matches = False
+    if not matches:
         raise SnapshotError(f"{where}: the memory file does not match the checksum recorded when it was "
                             f"written (changed or corrupt); refusing to run a guest on it")
     return "checksum"

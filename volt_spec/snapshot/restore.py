@@ -18,6 +18,7 @@ from ..kvm.flavour import cpu_identity, kvm_flavour
 from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .chain import Link, is_diff, map_diffs, parents
+from .compressed import CompressedError, digest_fd, is_compressed
 from .memory_file import MemoryFileError, map_memory
 
 
@@ -54,44 +55,88 @@ def load(snapshot_dir: str, xsave_size: int | None = None, host: tuple[int, int]
     """
     raw, path = read_raw(snapshot_dir)
     doc, state = parse(raw, path)
-    mapped: list[tuple[str, int, object]] = []     # (directory, memory fd, checksum) of each file mapped
+    memory = None
+    mapped: list[tuple] = []     # (directory, memory fd, checksum, its digest or None) of each file mapped
 
     def checks() -> None:
         verify(raw, doc, state, path)
         check_compatible(state, snapshot_dir, xsave_size)
-        for where, fd, sha256 in mapped:
-            check_memory(where, fd, sha256, force=full_check)
+        for where, fd, sha256, digest in mapped:
+            check_memory(where, fd, sha256, force=full_check, digest=digest)
+        if memory is not None and memory.filling is not None:
+            try:
+                memory.filling.arm()
+            except CompressedError as e:
+                raise SnapshotError(str(e)) from None
 
     try:
         check_shape(state, snapshot_dir, host)
         mem_path = memory_path(snapshot_dir, state["memory"])
-        chain = parents(snapshot_dir, state) if is_diff(state) else []
+        chain = _chain(snapshot_dir, state)
     except SnapshotError:
         verify(raw, doc, state, path)      # a corrupt file: say so rather than what it seems to hold
         raise
     base_dir, base = (chain[-1].dir, chain[-1].memory) if chain else (snapshot_dir, state["memory"])
     try:
+        if is_compressed(state["memory"]):
+            memory, digest = _load_compressed(mem_path, state["memory"], snapshot_dir)
+            mapped.append((snapshot_dir, memory.extra_fds[0], state["memory"].get("sha256"), digest))
+            return state, memory, checks
         memory = map_memory(memory_path(base_dir, base) if chain else mem_path, base)
-        mapped.append((base_dir, memory.regions[0].backing[0], base.get("sha256")))
+        mapped.append((base_dir, memory.regions[0].backing[0], base.get("sha256"), None))
         if chain:
-            diffs = [*reversed(chain[:-1]), Link(snapshot_dir, raw, doc, state, path)]
-            try:
-                fds = map_diffs(memory, diffs)
-            except BaseException:
-                mapped.clear()             # their fds close with the memory: checks() reads none
-                memory.close()
-                raise
-            mapped += [(link.dir, fd, link.memory.get("sha256")) for link, fd in zip(diffs, fds)]
+            _map_chain(memory, [*reversed(chain[:-1]), Link(snapshot_dir, raw, doc, state, path)], mapped)
     except SnapshotError:
         checks()
         raise
-    except MemoryFileError as e:
+    except (MemoryFileError, CompressedError) as e:
         checks()
         raise SnapshotError(str(e)) from None
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:
         checks()
         raise SnapshotError(f"{snapshot_dir}: bad memory layout in state.json ({e})") from None
     return state, memory, checks
+
+
+def _chain(snapshot_dir: str, state: dict) -> list[Link]:
+    """A diff's parents (parents()), standing on an uncompressed full snapshot; [] for a full one."""
+    chain = parents(snapshot_dir, state) if is_diff(state) else []
+    if chain and is_compressed(chain[-1].memory):
+        raise SnapshotError(f"{snapshot_dir}: its full snapshot {os.path.basename(chain[-1].dir)} is compressed; "
+                            f"a diff is mapped over an uncompressed one")
+    return chain
+
+
+def _map_chain(memory, diffs: list[Link], mapped: list) -> None:
+    """Map the diffs over `memory` (the chain's base), oldest first; their files join `mapped`."""
+    try:
+        fds = map_diffs(memory, diffs)
+    except BaseException:
+        mapped.clear()             # their fds close with the memory: checks() reads none
+        memory.close()
+        raise
+    mapped += [(link.dir, fd, link.memory.get("sha256"), None) for link, fd in zip(diffs, fds)]
+
+
+def _load_compressed(path: str, layout: dict, where: str):
+    """(guest RAM filled from memory.snap.zst, its checksum function); the file's fd is the
+    memory's first extra fd. The file gets map_memory's checks (regular, plain name)."""
+    from ..fsutil import NotRegularFile, open_regular
+    from .lazy_memory import load as load_lazy
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        raise MemoryFileError(f"memory file {path} is missing") from None
+    except NotRegularFile as e:
+        raise MemoryFileError(f"memory file {path} {e.strerror}") from None
+    try:
+        memory, how = load_lazy(fd, layout, where)
+    except BaseException:
+        os.close(fd)
+        raise
+    memory.filling_method = how
+    size = int(layout["size"])
+    return memory, lambda f: digest_fd(f, size, where)
 
 
 def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, vcpus: int,
@@ -111,8 +156,9 @@ def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, v
 
     try:
         check_shape(state, where, host)
-        if is_diff(state):
-            raise SnapshotError(f"{where}: a diff snapshot is restored from its directory, not by a warm VMM")
+        if is_diff(state) or is_compressed(state["memory"]):
+            raise SnapshotError(f"{where}: a {'diff' if is_diff(state) else 'compressed'} snapshot is restored "
+                                f"from its directory, not by a warm VMM")
         check_fits(state, memory, vcpus, where)
         check_memory_file(memory_fd, state["memory"], where)
     except SnapshotError:

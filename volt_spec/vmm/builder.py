@@ -72,6 +72,7 @@ def build_from_snapshot(kvm, config: VmmConfig, into=None) -> Machine:
     try:
         machine_config, boot_source = persist.machine_of(state, restore.snapshot_dir)
         machine_config.track_dirty_pages = config.machine.track_dirty_pages
+        machine_config.compress_snapshots = config.machine.compress_snapshots
         machine = Machine(kvm, machine_config, memory=memory, vm=into)
     except BaseException as e:
         memory.close()
@@ -90,7 +91,9 @@ def build_from_snapshot(kvm, config: VmmConfig, into=None) -> Machine:
             machine.devices.attach_virtio(drives, nets, config.virtio, config.name, machine.exit_event)
         persist.restore(machine, state, restore.clock)
         machine.booted_from = f"snapshot {os.path.basename(os.path.normpath(restore.snapshot_dir))}"
-        if machine.dirty is not None:           # the next diff is on the snapshot restored
+        if memory.filling_method:
+            machine.booted_from += f" (compressed memory, {memory.filling_method})"
+        if machine.dirty is not None and not memory.filling_method:    # the next diff is on the snapshot restored
             machine.lineage = persist.lineage_of(os.path.basename(os.path.normpath(restore.snapshot_dir)),
                                                  state["memory"])
         machine.boot_protocol = boot_source.boot or "snapshot"

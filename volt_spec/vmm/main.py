@@ -36,6 +36,9 @@ Boot a microVM on /dev/kvm and stream its serial console (COM1) to stdout.
                     log which guest pages change (KVM's dirty log and the devices'
                     writes), so PUT /snapshot/create {"snapshot_type": "Diff"} writes
                     only those since the last snapshot taken or restored
+  --compress-snapshots
+                    keep full snapshots' memory zstd-compressed (memory.snap.zst, 2 MiB
+                    frames); a restore decompresses on demand (userfaultfd) or ahead
   --boot MODE       force pvh or linux64 instead of choosing by the kernel's format
   --stop-timeout S  on SIGTERM/SIGINT the guest gets Ctrl-Alt-Del and S seconds
                     (default 10) to power off before it is killed
@@ -96,7 +99,7 @@ example:
 """
 
 _REPEATED = {"--disk", "--net", "--disk-override", "--tap-override", "--mac-override"}
-_FLAGS = {"--warm", "--track-dirty-pages", "--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
+_FLAGS = {"--warm", "--track-dirty-pages", "--compress-snapshots", "--virtio-cmdline", "--no-ioeventfd", "--no-irqfd", "--verify", "--jail", "--seccomp", "--seccomp-selftest"}
 _OPTIONS = {"--disk": str, "--net": str, "--disk-override": str, "--tap-override": str, "--mac-override": str,
             "--kernel": str, "--initrd": str, "--cmdline": str, "--memory": int, "--vcpus": int,
             "--boot": str, "--stop-timeout": float, "--api-sock": str, "--name": str,

@@ -86,6 +86,7 @@ def save(machine, dest: str, meta: dict | None = None, resume: bool = True, diff
     changed since the parent are written; otherwise all of them."""
     from ..snapshot import create
     from ..snapshot.memory_file import memory_digest
+    machine.memory.wait_filled()                         # a compressed restore's memory all in (lazy_memory.py)
     dest, tmp = create.begin(dest)
     parent, machine.lineage = machine.lineage, None       # a failed snapshot breaks the chain
     try:
@@ -103,6 +104,8 @@ def save(machine, dest: str, meta: dict | None = None, resume: bool = True, diff
         paused_ms = (time.perf_counter() - t0) * 1000
         memory = memory_writer()
         memory["sha256"] = memory_digest(os.path.join(tmp, create.MEMORY_FILE))
+        if machine.config.compress_snapshots and staged is None:
+            memory.update(create.compress_memory(tmp))
         if staged is not None:
             memory["diff"] = {"parent": parent["id"], "parent_sha256": parent["sha256"],
                               "depth": parent["depth"] + 1, "tracking": machine.dirty.method}
@@ -121,6 +124,7 @@ def save(machine, dest: str, meta: dict | None = None, resume: bool = True, diff
     return {"id": os.path.basename(dest), "path": dest, "paused_ms": round(paused_ms, 3),
             "size_bytes": create.disk_usage(dest), "logical_bytes": memory["size"],
             "memory_data_bytes": memory["data_bytes"], "created": state["meta"]["created"],
+            **({"memory_compressed_bytes": memory["compressed"]["bytes"]} if "compressed" in memory else {}),
             "kind": "diff" if staged is not None else "full",
             **({"parent": parent["id"]} if staged is not None else {})}
 

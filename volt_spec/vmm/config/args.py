@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import (ApiConfig, BootSourceConfig, DriveConfig, MachineConfig, NetConfig, PolicyConfig, RestoreConfig,
                VirtioConfig, VmmConfig, VmmConfigError, device_name, load, unique_names)
 
-MACHINE_LABELS = {"memory_mib": "--memory", "vcpus": "--vcpus", "track_dirty_pages": "--track-dirty-pages"}
+MACHINE_LABELS = {"memory_mib": "--memory", "vcpus": "--vcpus", "track_dirty_pages": "--track-dirty-pages",
+                  "compress_snapshots": "--compress-snapshots"}
 BOOT_LABELS = {"kernel": "--kernel", "initrd": "--initrd", "cmdline": "--cmdline", "boot": "--boot"}
 RESTORE_LABELS = {"snapshot_dir": "--restore", "clock": "--clock", "disk_overrides": "--disk-override",
                   "tap_overrides": "--tap-override", "mac_overrides": "--mac-override"}
@@ -26,7 +27,8 @@ def config_from_args(opts: dict) -> VmmConfig:
     return VmmConfig(
         name=name,
         machine=MachineConfig.from_dict({"vcpus": opts.get("vcpus", 1), "memory_mib": opts.get("memory", 128),
-                                         "track_dirty_pages": bool(opts.get("track_dirty_pages"))},
+                                         "track_dirty_pages": bool(opts.get("track_dirty_pages")),
+                                         "compress_snapshots": bool(opts.get("compress_snapshots"))},
                                         labels=MACHINE_LABELS),
         boot_source=_boot_source(opts),
         drives=unique_names([parse_drive(t, i) for i, t in enumerate(opts.get("disk", []))], "--disk"),

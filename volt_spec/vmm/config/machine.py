@@ -12,12 +12,15 @@ BOOT_PROTOCOLS = (None, "pvh", "linux64")
 
 class MachineConfig(Section):
     """`track_dirty_pages`: log which pages change (KVM's dirty log and the devices' writes), so
-    a snapshot can be a diff on the one before (vmm/dirty.py); off, the guest never pays for it."""
+    a snapshot can be a diff on the one before (vmm/dirty.py); off, the guest never pays for it.
+    `compress_snapshots`: a full snapshot's memory is kept compressed (snapshot/compressed.py)."""
 
-    __slots__ = ("vcpus", "memory_mib", "track_dirty_pages")
+    __slots__ = ("vcpus", "memory_mib", "track_dirty_pages", "compress_snapshots")
 
-    def __init__(self, vcpus: int = 1, memory_mib: int = 128, track_dirty_pages: bool = False) -> None:
+    def __init__(self, vcpus: int = 1, memory_mib: int = 128, track_dirty_pages: bool = False,
+                 compress_snapshots: bool = False) -> None:
         self.vcpus, self.memory_mib, self.track_dirty_pages = vcpus, memory_mib, track_dirty_pages
+        self.compress_snapshots = compress_snapshots
 
     @classmethod
     def from_dict(cls, data: object, where: str = "machine", labels: dict | None = None) -> "MachineConfig":
@@ -31,7 +34,7 @@ class MachineConfig(Section):
         if type(vcpus) is int and vcpus <= 0:
             raise VmmConfigError(f"{r.name('vcpus')} must be at least 1, not {vcpus}")
         return cls(r.int("vcpus", 1, low=1), r.int("memory_mib", 128, low=MEMORY_MIN_MIB),
-                   r.flag("track_dirty_pages", False))
+                   r.flag("track_dirty_pages", False), r.flag("compress_snapshots", False))
 
     def check_host(self, host_mem_mib: int, max_vcpus: int) -> None:
         """Refuse sizes this host cannot give (checked when the VM is built, on the host it runs on)."""
