@@ -5,6 +5,7 @@ carrying on with every page; a damaged compressed file refused before the guest 
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -18,7 +19,7 @@ SPEC = """apiVersion: volt/v1
 kind: VirtualMachine
 metadata: {{name: {name}}}
 spec:
-  kernel: {{path: "builtin:testguest", cmdline: "volt.ticks=0 volt.tick_ms=50 volt.mem=24 volt.dirty=8 volt.blk=rw volt.io=loop"}}
+  kernel: {{path: "builtin:testguest", cmdline: "volt.ticks=0 volt.tick_ms=50 volt.mem=24 volt.memfill=text volt.dirty=8 volt.blk=rw volt.io=loop"}}
   memory: 128Mi
   snapshots: {{compress: zstd}}
   devices:
@@ -40,6 +41,7 @@ def test_a_compressed_snapshot_restores_and_the_guest_continues(volt, tmp_path, 
     folder = volt.home / "snapshots" / "c" / "z"
     assert (folder / "memory.snap.zst").is_file() and not (folder / "memory.snap").exists()
     assert taken["memory_compressed_bytes"] == (folder / "memory.snap.zst").stat().st_size
+    assert taken["memory_compressed_bytes"] < taken["memory_data_bytes"] * 0.75, taken   # the text fill compresses
     ticks = int(TICK.findall(volt.log("c"))[-1])
 
     offset = len(volt.log("c"))
@@ -49,9 +51,10 @@ def test_a_compressed_snapshot_restores_and_the_guest_continues(volt, tmp_path, 
     assert wait_new(volt, "c", offset, MEM_OK).group(1) == checksum     # all 24 MiB as they were
     wait_new(volt, "c", offset, re.compile(r"^dirty-ok gen=\d+$", re.M))
     wait_new(volt, "c", offset, re.compile(r"^blk-round \d+ ok", re.M))
-    status = json.loads(volt("status", "c", "-o", "json").stdout)
-    booted = json.dumps(status)
-    assert f"compressed memory, {mode}" in booted, booted
+    booted = json.loads(volt("status", "c", "-o", "json").stdout)[0]["booted_from"]
+    if mode == "on-demand" and not os.path.exists("/dev/userfaultfd"):
+        mode = "ahead (" # a kernel before 6.1: the jailed VMM gets no userfaultfd, and says so
+    assert booted.startswith(f"snapshot z (compressed memory, {mode}"), booted
     text = volt.log("c")[offset:]
     assert "FAIL" not in text and "CORRUPT" not in text
 

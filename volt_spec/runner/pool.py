@@ -115,7 +115,7 @@ def wanted(home: Path, primes: dict | None = None) -> dict[str, int]:
             if primes is not None and key not in primes and snaps.get("restore") not in (None, "latest", "never"):
                 from .snapshots import locate
                 path = locate(VmDir(home, name), str(snaps["restore"]))[0]
-                if path is not None:
+                if path is not None and not _is_diff_or_compressed(path):    # a warm VMM loads neither
                     primes[key] = str(path)
     return out
 

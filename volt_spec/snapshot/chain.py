@@ -100,7 +100,7 @@ def check_extents(layout: dict, where: str) -> list[tuple[int, int, int]]:
 def map_diffs(memory, diffs: list[Link]) -> list[int]:
     """Map each diff's extents over `memory` (the chain's full snapshot, mapped), oldest first;
     returns the fds opened (the caller checks them and memory.close() closes them)."""
-    from ..fsutil import NotRegularFile, open_regular
+    from .memory_file import MemoryFileError, open_memory_file
     total = 0
     for link in diffs:
         extents = check_extents(link.memory, link.where)
@@ -109,11 +109,9 @@ def map_diffs(memory, diffs: list[Link]) -> list[int]:
             raise SnapshotError(f"{link.dir}: its chain maps more than {MAX_EXTENTS} extents (squash it)")
         path = memory_path(link.dir, link.memory)
         try:
-            fd = open_regular(path)
-        except FileNotFoundError:
-            raise SnapshotError(f"memory file {path} is missing") from None
-        except NotRegularFile as e:
-            raise SnapshotError(f"memory file {path} {e.strerror}") from None
+            fd = open_memory_file(path)
+        except MemoryFileError as e:
+            raise SnapshotError(str(e)) from None
         memory.extra_fds.append(fd)
         size = os.fstat(fd).st_size
         if size != link.memory["size"]:

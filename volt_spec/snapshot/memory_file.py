@@ -303,18 +303,23 @@ def memory_digest_fd(fd: int, progress=None) -> str:
     return h.hexdigest()
 
 
+def open_memory_file(path: str) -> int:
+    """A snapshot's memory file, opened read-only: a regular file (MemoryFileError otherwise)."""
+    from ..fsutil import NotRegularFile, open_regular
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise MemoryFileError(f"memory file {path} is missing") from None
+    except NotRegularFile as e:
+        raise MemoryFileError(f"memory file {path} {e.strerror}") from None
+
+
 def map_memory(path: str, layout: dict) -> GuestMemory:
     """Map each recorded region of memory.snap MAP_PRIVATE: copy-on-write, loaded on demand.
 
     The file must be regular (not a FIFO, device or symlink) and exactly the recorded size: a
     region past its end would fault the guest, a longer file is not the one written."""
-    from ..fsutil import NotRegularFile, open_regular
-    try:
-        fd = open_regular(path)
-    except FileNotFoundError:
-        raise MemoryFileError(f"memory file {path} is missing") from None
-    except NotRegularFile as e:
-        raise MemoryFileError(f"memory file {path} {e.strerror}") from None
+    fd = open_memory_file(path)
     try:                      # the fd stays open: a later snapshot reads the file's extents
         size = os.fstat(fd).st_size
         if size != int(layout["size"]):

@@ -19,7 +19,7 @@ from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .chain import Link, is_diff, map_diffs, parents
 from .compressed import CompressedError, digest_fd, is_compressed
-from .memory_file import MemoryFileError, map_memory
+from .memory_file import MemoryFileError, map_memory, open_memory_file
 
 
 MAX_VCPUS = 254               # as vmm/config/machine.py's VCPU_LIMIT: x2APIC ids below the broadcast id (one IOAPIC)
@@ -121,14 +121,8 @@ def _map_chain(memory, diffs: list[Link], mapped: list) -> None:
 def _load_compressed(path: str, layout: dict, where: str):
     """(guest RAM filled from memory.snap.zst, its checksum function); the file's fd is the
     memory's first extra fd. The file gets map_memory's checks (regular, plain name)."""
-    from ..fsutil import NotRegularFile, open_regular
     from .lazy_memory import load as load_lazy
-    try:
-        fd = open_regular(path)
-    except FileNotFoundError:
-        raise MemoryFileError(f"memory file {path} is missing") from None
-    except NotRegularFile as e:
-        raise MemoryFileError(f"memory file {path} {e.strerror}") from None
+    fd = open_memory_file(path)
     try:
         memory, how = load_lazy(fd, layout, where)
     except BaseException:

@@ -3,7 +3,9 @@
  * scheduler, and the user-mode helpers (printing, command line, time).
  *
  * The memory region is filled with a pattern that is a pure function of the
- * address, then verified forever, one MiB per step, so the blk/net tasks
+ * address (with volt.memfill=text, each byte one of eight letters: it
+ * compresses about as guest RAM does, where the plain pattern does not
+ * compress at all), then verified forever, one MiB per step, so the blk/net tasks
  * get polled between steps.  The dirty region is rewritten once per
  * volt.tick_ms, each pass checking the previous generation's words and
  * writing the next's (so a snapshot that lost a page written since its
@@ -148,8 +150,12 @@ int parse_ipv4(const char *s, u32 len, u32 *out)
 struct mem_state {
     volatile u64 *base;
     u64 words, next, sum, last_report, report_tsc, bad;
+    u64 keep, set;              /* word = (pattern & keep) | set: volt.memfill=text narrows it */
     int first, corrupt;
 };
+
+#define TEXT_KEEP   0x0707070707070707UL
+#define TEXT_SET    0x6161616161616161UL     /* 'a'..'h' */
 
 static struct mem_state mem;
 
@@ -168,8 +174,13 @@ static void mem_start(const struct user_args *a)
     mem.words = a->mem_bytes / 8;
     mem.report_tsc = a->report_tsc;
     mem.first = 1;
+    u32 len;
+    const char *fill = cmdline_value(a->cmdline, "volt.memfill=", &len);
+    int text = fill && len == 4 && fill[0] == 't' && fill[1] == 'e' && fill[2] == 'x' && fill[3] == 't';
+    mem.keep = text ? TEXT_KEEP : ~0UL;
+    mem.set = text ? TEXT_SET : 0;
     for (u64 i = 0; i < mem.words; i++)
-        mem.base[i] = pattern((u64)&mem.base[i]);
+        mem.base[i] = (pattern((u64)&mem.base[i]) & mem.keep) | mem.set;
 }
 
 /* Verify the next MiB; at the end of a pass, report (rate-limited) and start over. */
@@ -181,7 +192,7 @@ static void mem_step(void)
     u64 sum = mem.sum;
     for (u64 i = mem.next; i < end; i++) {
         u64 w = mem.base[i];
-        if (w != pattern((u64)&mem.base[i]) && !mem.corrupt) {
+        if (w != ((pattern((u64)&mem.base[i]) & mem.keep) | mem.set) && !mem.corrupt) {
             mem.corrupt = 1;
             mem.bad = (u64)&mem.base[i];
         }
