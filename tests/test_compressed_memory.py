@@ -130,3 +130,35 @@ def test_ram_filled_from_it_reads_as_the_memory_file(memory_file, mode, monkeypa
         assert got == want
     finally:
         memory.close()
+
+
+def test_a_page_of_zeros_touched_after_every_data_frame_is_in_is_still_served(memory_file, monkeypatch):
+    """Every frame holding data is in and the VMM's watch thread has not unregistered the RAM yet
+    (it needs the GIL, which a VMM thread faulting through an mmap slice holds): a fault on a frame
+    of zeros then must still be served. The server used to exit once the data was in, and such a
+    fault hung the VMM (seen once in CI)."""
+    import threading
+    uffd, why = Userfault.open()
+    if uffd is None:
+        pytest.skip(f"no userfaultfd here ({why})")
+    uffd.close()
+    reported, gate = threading.Event(), threading.Event()
+    finish = lazy_memory.MemoryServer._finish
+
+    def held_back(self, message):
+        reported.set()
+        gate.wait()
+        finish(self, message)
+    monkeypatch.setattr(lazy_memory.MemoryServer, "_finish", held_back)
+    layout = {"size": SIZE, "regions": [{"gpa": 0, "size": SIZE, "offset": 0}]}
+    memory, _ = lazy_memory.load(os.open(compress(memory_file), os.O_RDONLY), layout, "x")
+    try:
+        assert reported.wait(30)                              # the server said every data frame is in
+        assert memory.read(0, 4096) == bytes(4096)           # frame 0: zeros, never prefetched
+        assert memory.read(2 * FRAME + 8192, 8) == bytes(8)
+        gate.set()
+        memory.wait_filled()
+        assert memory.read(7 * FRAME, 8) == bytes(8)          # unregistered: a plain zero page
+    finally:
+        gate.set()
+        memory.close()

@@ -29,6 +29,7 @@ from .compressed import FRAME, CompressedError, Frames
 PAGE = 4096
 PR_SET_PDEATHSIG = 1
 MODE_ENV = "VOLT_COMPRESSED_RESTORE"      # "ahead": never on demand (benchmarks compare the two)
+DONE = b"\0filled\n"                       # the server's word that every frame holding data is in
 
 
 def load(fd: int, layout: dict, where: str) -> tuple[GuestMemory, str]:
@@ -82,39 +83,53 @@ class MemoryServer:
     """The forked child that fills guest RAM through the userfaultfd, and the VMM's watch on it.
 
     `wait()` returns once every frame holding data is in (a snapshot of the VM waits for that:
-    pages never filled are not in its page tables). If the server fails (a frame that does not
-    decompress: the checks before the guest ran read the fingerprint, not every frame), the
-    guest cannot go on: once `arm()`ed (the checks passed), `on_failure(reason)` runs, by default
-    ending the VMM with the reason; before, the failure waits for the checks or arm() to say it."""
+    pages never filled are not in its page tables). The server then stays, serving faults on
+    the rest (zeros), until the VMM has unregistered the RAM: a VMM thread that faults on a page
+    while holding the GIL must always find someone to serve it. If the server fails (a frame that
+    does not decompress: the checks before the guest ran read the fingerprint, not every frame),
+    the guest cannot go on: once `arm()`ed (the checks passed), `on_failure(reason)` runs, by
+    default ending the VMM with the reason; before, the failure waits for the checks to say it."""
 
     def __init__(self, uffd: Userfault, frames: Frames, spans: list[tuple[int, int, int]],
                  on_failure=None) -> None:
-        self.uffd, self.spans, self.error, self.armed = uffd, spans, None, False
+        self.uffd, self.spans, self.error, self.armed, self.closed = uffd, spans, None, False, False
         self.on_failure = on_failure or _end_vmm
         self.done = threading.Event()
-        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)               # server -> VMM: DONE, or why it failed
+        stop_r, stop_w = os.pipe2(os.O_CLOEXEC)         # VMM -> server: the RAM is unregistered
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:                                              # the server
             os.close(rfd)
-            _serve_and_exit(uffd, frames, spans, wfd, parent)
+            os.close(stop_w)
+            _serve_and_exit(uffd, frames, spans, wfd, stop_r, parent)
         os.close(wfd)
-        self.pid, self.rfd = pid, rfd
+        os.close(stop_r)
+        self.pid, self.rfd, self.stop_w = pid, rfd, stop_w
         threading.Thread(target=self._watch, name="memory-server", daemon=True).start()
 
     def _watch(self) -> None:
-        _, status = os.waitpid(self.pid, 0)
-        message = os.read(self.rfd, 4096).decode(errors="replace")
-        os.close(self.rfd)
-        if os.waitstatus_to_exitcode(status) == 0 and not message:
+        message = b""
+        while not message.endswith(DONE):
+            chunk = os.read(self.rfd, 4096)
+            if not chunk:
+                break
+            message += chunk
+        self._finish(message)
+
+    def _finish(self, message: bytes) -> None:
+        """The server said DONE (unregister the RAM, then let it go) or failed (`message` says why)."""
+        if message == DONE:
             for host_addr, size, _ in self.spans:                # missing pages now fault in as zeros
                 self.uffd.unregister(host_addr, size)
             self.uffd.close()
-            self.done.set()
-            return
-        self.error = message or f"the memory server ended with status {status}"
+        os.close(self.stop_w)                                     # the server leaves
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.rfd)
+        if message != DONE:
+            self.error = message.decode(errors="replace") or f"the memory server ended with status {status}"
         self.done.set()
-        if self.pid and self.armed:                               # not close()d: a real failure
+        if self.error and self.armed and not self.closed:         # not close()d: a real failure
             self.on_failure(self.error)
 
     def arm(self) -> None:
@@ -131,11 +146,11 @@ class MemoryServer:
             raise CompressedError(f"restoring the compressed memory failed: {self.error}")
 
     def close(self) -> None:
-        """Stop the server (the VM is being torn down before it finished)."""
-        pid, self.pid = self.pid, 0
-        if pid and not self.done.is_set():
+        """Stop the server (the VM is being torn down, perhaps before it finished)."""
+        self.closed = True
+        if not self.done.is_set():
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -145,19 +160,24 @@ def _end_vmm(reason: str) -> None:
     os._exit(1)
 
 
-def _serve_and_exit(uffd: Userfault, frames: Frames, spans, wfd: int, parent: int) -> None:
-    """The server's whole life: faults first, then the next frame in order; exits 0 when every
-    frame holding data is in, 1 with the reason on the pipe when one cannot be."""
-    code = 0
+def _serve_and_exit(uffd: Userfault, frames: Frames, spans, wfd: int, stop_fd: int, parent: int) -> None:
+    """The server's whole life: faults first, then the next frame in order; DONE on the pipe when
+    every frame holding data is in, then faults only, until the VMM says it unregistered the RAM
+    (exit 0); the reason on the pipe and exit 1 when a frame cannot be filled."""
+    code, filled = 0, False
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(0)
         server = _Server(uffd, frames, spans)
         server.run()
+        os.write(wfd, DONE)
+        filled = True
+        server.linger(stop_fd)
     except BaseException as e:  # noqa: BLE001 - reported to the VMM
-        os.write(wfd, f"{e}".encode()[:4000] or type(e).__name__.encode())
-        code = 1
+        if not filled:
+            os.write(wfd, f"{e}".encode()[:4000] or type(e).__name__.encode())
+            code = 1
     os._exit(code)
 
 
@@ -168,15 +188,29 @@ class _Server:
 
     def run(self) -> None:
         import select
-        order = iter(range(len(self.frames)))
+        order = range(len(self.frames))
         poll = select.poll()
         poll.register(self.uffd.fd, select.POLLIN)
         for nxt in order:
-            self.serve_faults()
+            if poll.poll(0):
+                self.serve_faults()
             if not self.done[nxt] and not self.frames.is_zero(nxt):
                 self.fill(nxt)
-        while poll.poll(0):                          # a last fault or two on frames of zeros
-            self.serve_faults()
+
+    def linger(self, stop_fd: int) -> None:
+        """Serve faults (on frames of zeros) until `stop_fd` is closed: the RAM is unregistered."""
+        import select
+        poll = select.poll()
+        poll.register(self.uffd.fd, select.POLLIN)
+        poll.register(stop_fd, select.POLLIN | select.POLLHUP)
+        while True:
+            ready = dict(poll.poll())
+            if stop_fd in ready:
+                return
+            try:
+                self.serve_faults()
+            except OSError:
+                pass                     # unregistered under it: the fault was woken as a normal one
 
     def serve_faults(self) -> None:
         while addresses := self.uffd.faults():
