@@ -26,7 +26,8 @@ def from_flags(argv: list[str]) -> VmmConfig:
 
 def test_flags_build_the_tree_vm_json_holds() -> None:
     config = from_flags(FLAGS)
-    assert config.machine.to_dict() == {"vcpus": 2, "memory_mib": 256, "track_dirty_pages": False}
+    assert config.machine.to_dict() == {"vcpus": 2, "memory_mib": 256, "track_dirty_pages": False,
+                                        "compress_snapshots": False}
     assert config.boot_source == BootSourceConfig("/k", "/i", "console=ttyS0", "pvh")
     assert config.drives == [DriveConfig("root", "/d.img", True), DriveConfig("disk1", "/e.img", False)]
     assert [(n.name, n.tap, n.mac) for n in config.network] == [("eth0", "tap0", None),
