@@ -122,7 +122,7 @@ def compressed_copy(snap: Path, dest: Path) -> tuple[float, dict]:
     fd = os.open(snap / MEMORY_FILE, os.O_RDONLY)
     try:
         t0 = time.perf_counter()
-        info = compress_file(fd, str(dest / FILE))
+        info, _ = compress_file(fd, str(dest / FILE))
         seconds = time.perf_counter() - t0
     finally:
         os.close(fd)

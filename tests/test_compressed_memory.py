@@ -38,7 +38,8 @@ def compress(path) -> str:
     out = str(path) + ".zst"
     fd = os.open(path, os.O_RDONLY)
     try:
-        info = compressed.compress_file(fd, out)
+        info, sha256 = compressed.compress_file(fd, out)
+        assert sha256 == memory_digest_fd(fd)                # taken in the read that compresses
     finally:
         os.close(fd)
     assert info == {"codec": "zstd", "frame": FRAME, "bytes": os.path.getsize(out)}

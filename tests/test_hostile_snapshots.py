@@ -184,7 +184,7 @@ def as_compressed(damage=None):
         state = state_of(snap)
         fd = os.open(os.path.join(snap, "memory.snap"), os.O_RDONLY)
         try:
-            info = compress_file(fd, os.path.join(snap, FILE))
+            info, _ = compress_file(fd, os.path.join(snap, FILE))
         finally:
             os.close(fd)
         os.unlink(os.path.join(snap, "memory.snap"))

@@ -93,7 +93,8 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     env = dict(popen.pop("env", None) or os.environ)
     env[KVM_FD_ENV] = str(kvm_fd)
     uffd_dev = _open_userfaultfd() if config.userfaultfd else None
-    if uffd_dev is not None:
+    extra = [uffd_dev] if uffd_dev is not None else []
+    if extra:
         env[UFFD_FD_ENV] = str(uffd_dev)
     if tap_fds:
         env[TAP_FDS_ENV] = ",".join(f"{name}={tap.fileno()}" for name, tap in tap_fds.items())
@@ -109,11 +110,11 @@ def spawn(cmd: list[str], config: JailConfig, taps: list[str] = (), **popen) -> 
     libc.unshare(libc.CLONE_NEWPID)
     try:
         proc = subprocess.Popen(cmd, env=env, pass_fds=(kvm_fd, go_r, *(t.fileno() for t in tap_fds.values()),
-                                                        *files.values(), *([uffd_dev] if uffd_dev is not None else [])),
+                                                        *files.values(), *extra),
                                 preexec_fn=lambda: _child(config), **popen)
     finally:
         libc.setns(own_pid_ns, libc.CLONE_NEWPID)
-        for fd in (own_pid_ns, kvm_fd, go_r, *files.values(), *([uffd_dev] if uffd_dev is not None else [])):
+        for fd in (own_pid_ns, kvm_fd, go_r, *files.values(), *extra):
             os.close(fd)
         for tap in tap_fds.values():
             tap.close()

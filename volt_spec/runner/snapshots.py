@@ -65,14 +65,12 @@ def deep_check(path: Path, mem: str, sha256: object, progress=None, layout: dict
     """Read the whole memory file against the recorded checksum (a compressed one decompressed
     frame by frame); on a match remember its fingerprint."""
     from ..fsutil import open_regular
-    from ..snapshot.compressed import CompressedError, digest_fd, is_compressed
+    from ..snapshot.compressed import CompressedError, checksum
     from ..snapshot.fingerprint import record
-    from ..snapshot.memory_file import memory_digest_fd
     fd = open_regular(mem)
     try:
         try:
-            digest = (digest_fd(fd, int(layout["size"]), os.path.basename(mem), progress) if is_compressed(layout)
-                      else memory_digest_fd(fd, progress))
+            digest = checksum(fd, layout or {}, os.path.basename(mem), progress)
         except CompressedError as e:
             raise SnapshotError(str(e)) from None
         if sha256 and digest != sha256:

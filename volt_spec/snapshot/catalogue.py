@@ -74,10 +74,11 @@ def check_memory_file(snap: Snapshot) -> str:
     """The memory file's path, if it is named inside the snapshot, regular and the recorded
     size (SnapshotError otherwise): what a restore maps, checked without reading it."""
     from ..fsutil import NotRegularFile, open_regular
+    from .compressed import is_compressed
     try:
         layout = snap.state["memory"]
         path, size = memory_path(str(snap.path), layout), int(layout["size"])
-        if isinstance(layout.get("compressed"), dict):        # memory.snap.zst: its own recorded size
+        if is_compressed(layout):                             # memory.snap.zst: its own recorded size
             size = int(layout["compressed"]["bytes"])
     except (KeyError, TypeError, ValueError) as e:
         raise SnapshotError(f"bad memory layout in state.json ({e})") from None

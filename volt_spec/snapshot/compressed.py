@@ -4,9 +4,9 @@ The file is zstd's seekable format: independent frames (each with its content ch
 seek table (a skippable frame listing each frame's compressed and decompressed size, and a
 footer), so `zstd -d` gives back memory.snap, and a restore can decompress any 2 MiB by itself.
 Frame i holds bytes [i*FRAME, (i+1)*FRAME) of the memory file: a frame of zeros (a hole, or
-pages the guest never wrote) is ZERO_FRAME, a few bytes a restore recognises without
+pages the guest never wrote) is zero_frame(), a few bytes a restore recognises without
 decompressing. FRAME is the memory checksum's chunk (memory_file.DIGEST_CHUNK), so the checksum
-of the memory file is computed from the frames as from the file.
+of the memory file is computed from the frames as from the file (memory_file.MemoryDigest).
 
 The file is untrusted input: the seek table must describe exactly the recorded memory size, in
 frames of FRAME bytes (the last one shorter), whose compressed sizes add up to the file's; a
@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import struct
 
+from .memory_file import DIGEST_CHUNK as FRAME, MemoryDigest, memory_digest_fd
+
 FILE = "memory.snap.zst"
-FRAME = 2 << 20
 LEVEL = 1                                # ~500 MB/s a core (the issue's anchor); level 3 gains little on RAM
 SKIPPABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -55,13 +56,14 @@ def zero_frame() -> bytes:
     return _zero_frame
 
 
-def compress_file(src_fd: int, out_path: str, progress=None) -> dict:
+def compress_file(src_fd: int, out_path: str, progress=None) -> tuple[dict, str]:
     """Write the memory file open as `src_fd` to `out_path` in this format (not fsynced: the
-    snapshot's commit does that). Holes are never read. Returns {"codec", "frame", "bytes"}."""
+    snapshot's commit does that). Holes are never read, the rest is read once. Returns
+    ({"codec", "frame", "bytes"}, the memory file's checksum: memory_file.memory_digest's)."""
     from .memory_file import _file_data_runs
     ZstdCompressor = zstd().ZstdCompressor
     size = os.fstat(src_fd).st_size
-    zero, compressor = zero_frame(), ZstdCompressor(options=_options())
+    zero, compressor, digest = zero_frame(), ZstdCompressor(options=_options()), MemoryDigest()
     data_frames = {off // FRAME for start, length in _file_data_runs(src_fd, 0, size)
                    for off in range(start - start % FRAME, start + length, FRAME)}
     sizes: list[tuple[int, int]] = []
@@ -75,6 +77,7 @@ def compress_file(src_fd: int, out_path: str, progress=None) -> dict:
                     frame = zero if length == FRAME else compressor.compress(bytes(length), ZstdCompressor.FLUSH_FRAME)
                 else:
                     frame = compressor.compress(data, ZstdCompressor.FLUSH_FRAME)
+                    digest.add(i * FRAME, data)
                 out.write(frame)
                 sizes.append((len(frame), length))
                 if progress:
@@ -82,7 +85,7 @@ def compress_file(src_fd: int, out_path: str, progress=None) -> dict:
             out.write(seek_table(sizes))
     finally:
         os.close(fd)
-    return {"codec": "zstd", "frame": FRAME, "bytes": os.stat(out_path).st_size}
+    return {"codec": "zstd", "frame": FRAME, "bytes": os.stat(out_path).st_size}, digest.hexdigest(size)
 
 
 def seek_table(sizes: list[tuple[int, int]]) -> bytes:
@@ -146,19 +149,22 @@ class Frames:
 
 def digest_fd(fd: int, size: int, where: str, progress=None) -> str:
     """memory_file.memory_digest of the memory file this one holds (frames of zeros skipped)."""
-    import hashlib
     frames = Frames(fd, size, where)
-    h = hashlib.sha256()
+    digest = MemoryDigest()
     for i in range(len(frames)):
         if not frames.is_zero(i):
-            data = frames.frame(i)
-            if data.count(0) != len(data):
-                h.update((i * FRAME).to_bytes(8, "little"))
-                h.update(data)
+            digest.add(i * FRAME, frames.frame(i))
         if progress:
             progress(frames.lengths[i])
-    h.update(size.to_bytes(8, "little"))
-    return h.hexdigest()
+    return digest.hexdigest(size)
+
+
+def checksum(fd: int, layout: dict, where: str, progress=None) -> str:
+    """The checksum of a snapshot's memory file, compressed or not, as state.json records it
+    (CompressedError for a compressed one that cannot be read)."""
+    if is_compressed(layout):
+        return digest_fd(fd, int(layout["size"]), where, progress)
+    return memory_digest_fd(fd, progress)
 
 
 def is_compressed(layout: object) -> bool:

@@ -67,16 +67,17 @@ def start_diff(memory, tmp: str, dirty: list) -> CopiedWrite:
 
 
 def compress_memory(tmp: str) -> dict:
-    """memory.snap replaced by memory.snap.zst (compressed.py): what state.json's memory gains."""
+    """memory.snap replaced by memory.snap.zst (compressed.py), its checksum taken in the same
+    read: what state.json's memory gains (file, compressed, sha256)."""
     from .compressed import FILE, compress_file
     src = os.path.join(tmp, MEMORY_FILE)
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        info = compress_file(fd, os.path.join(tmp, FILE))
+        info, sha256 = compress_file(fd, os.path.join(tmp, FILE))
     finally:
         os.close(fd)
     os.unlink(src)
-    return {"file": FILE, "compressed": info}
+    return {"file": FILE, "compressed": info, "sha256": sha256}
 
 
 def commit(tmp: str, dest: str, state: dict) -> None:

@@ -210,9 +210,8 @@ def _verify(tmp: str) -> None:
     recorded checksum (then its fingerprint is recorded, so a restore need not read it again)."""
     from .fingerprint import record
     from .format import memory_path, read_state
-    from .memory_file import memory_digest_fd
     from .chain import is_diff
-    from .compressed import CompressedError, digest_fd, is_compressed
+    from .compressed import CompressedError, checksum
     state = read_state(tmp)
     if is_diff(state):
         raise ExportError("it holds a diff snapshot (an export is a full one: it needs no parent)")
@@ -221,7 +220,7 @@ def _verify(tmp: str) -> None:
     fd = os.open(mem, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            digest = digest_fd(fd, int(layout["size"]), mem) if is_compressed(layout) else memory_digest_fd(fd)
+            digest = checksum(fd, layout, mem)
         except (CompressedError, KeyError, TypeError, ValueError):
             digest = None
         if digest != sha:

@@ -6,7 +6,7 @@ for missing-page faults, and a forked child (the memory server) fills it from me
 then the rest in order, in the background. The guest runs after decompressing the few frames it
 touches first, not all of them; the price is anonymous memory (clones of one snapshot do not
 share its pages in the page cache, as MAP_PRIVATE file mappings do). When every frame holding
-data is in, the server exits and the VMM unregisters the RAM: what was never filled is zeros.
+data is in, the VMM unregisters the RAM (what was never filled is zeros), then the server exits.
 
 Ahead (no userfaultfd on this host or for this process): every frame holding data is
 decompressed into a memfd first, and the RAM is mapped MAP_PRIVATE from it as from memory.snap.
@@ -36,9 +36,7 @@ def load(fd: int, layout: dict, where: str) -> tuple[GuestMemory, str]:
     """Guest RAM for the compressed memory file open as `fd` (its seek table checked first);
     returns it and how it is filled: "on-demand" or "ahead (<why>)". The fd is the memory's."""
     frames = Frames(fd, int(layout["size"]), where)
-    spans, offset = [], 0
-    for r in layout["regions"]:
-        spans.append((int(r["gpa"]), int(r["size"]), int(r["offset"])))
+    spans = [(int(r["gpa"]), int(r["size"]), int(r["offset"])) for r in layout["regions"]]
     uffd, why = (None, f"{MODE_ENV}=ahead") if os.environ.get(MODE_ENV) == "ahead" else Userfault.open()
     if uffd is None:
         return _ahead(frames, spans), f"ahead ({why})"

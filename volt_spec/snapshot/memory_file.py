@@ -274,11 +274,31 @@ def memory_digest(path: str, progress=None) -> str:
         os.close(fd)
 
 
+class MemoryDigest:
+    """memory_digest's running sha256: each DIGEST_CHUNK-aligned block that is not all zeros, after
+    its offset, then the file's size. Fed by whatever reads the blocks (this file, or the frames of
+    a compressed one: compressed.py), so every reader computes the one checksum state.json records."""
+
+    def __init__(self) -> None:
+        import hashlib
+        self.h = hashlib.sha256()
+
+    def add(self, offset: int, block: bytes) -> None:
+        if block != _ZERO_CHUNK[:len(block)]:
+            self.h.update(offset.to_bytes(8, "little"))
+            self.h.update(block)
+
+    def hexdigest(self, size: int) -> str:
+        self.h.update(size.to_bytes(8, "little"))
+        return self.h.hexdigest()
+
+
+_ZERO_CHUNK = bytes(DIGEST_CHUNK)
+
+
 def memory_digest_fd(fd: int, progress=None) -> str:
     """memory_digest of an open file (the one a restore mapped, not whatever its path names now)."""
-    import hashlib
-    h = hashlib.sha256()
-    zero = bytes(DIGEST_CHUNK)
+    digest = MemoryDigest()
     size = os.fstat(fd).st_size
     pos = 0
     while pos < size:
@@ -291,16 +311,12 @@ def memory_digest_fd(fd: int, progress=None) -> str:
             progress(data_start - pos)
         chunk = data_start - data_start % DIGEST_CHUNK
         while chunk < hole:
-            block = os.pread(fd, DIGEST_CHUNK, chunk)
-            if block != zero[:len(block)]:
-                h.update(chunk.to_bytes(8, "little"))
-                h.update(block)
+            digest.add(chunk, os.pread(fd, DIGEST_CHUNK, chunk))
             chunk += DIGEST_CHUNK
             if progress:
                 progress(DIGEST_CHUNK)
         pos = max(hole, chunk)
-    h.update(size.to_bytes(8, "little"))
-    return h.hexdigest()
+    return digest.hexdigest(size)
 
 
 def open_memory_file(path: str) -> int:

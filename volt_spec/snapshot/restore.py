@@ -18,7 +18,7 @@ from ..kvm.flavour import cpu_identity, kvm_flavour
 from .fingerprint import check_memory, check_memory_fd
 from .format import SnapshotError, memory_path, parse, read_raw, verify
 from .chain import Link, is_diff, map_diffs, parents
-from .compressed import CompressedError, digest_fd, is_compressed
+from .compressed import CompressedError, checksum, is_compressed
 from .memory_file import MemoryFileError, map_memory, open_memory_file
 
 
@@ -79,8 +79,9 @@ def load(snapshot_dir: str, xsave_size: int | None = None, host: tuple[int, int]
     base_dir, base = (chain[-1].dir, chain[-1].memory) if chain else (snapshot_dir, state["memory"])
     try:
         if is_compressed(state["memory"]):
-            memory, digest = _load_compressed(mem_path, state["memory"], snapshot_dir)
-            mapped.append((snapshot_dir, memory.extra_fds[0], state["memory"].get("sha256"), digest))
+            memory, fd = _load_compressed(mem_path, state["memory"], snapshot_dir)
+            layout = state["memory"]
+            mapped.append((snapshot_dir, fd, layout.get("sha256"), lambda f: checksum(f, layout, snapshot_dir)))
             return state, memory, checks
         memory = map_memory(memory_path(base_dir, base) if chain else mem_path, base)
         mapped.append((base_dir, memory.regions[0].backing[0], base.get("sha256"), None))
@@ -119,8 +120,8 @@ def _map_chain(memory, diffs: list[Link], mapped: list) -> None:
 
 
 def _load_compressed(path: str, layout: dict, where: str):
-    """(guest RAM filled from memory.snap.zst, its checksum function); the file's fd is the
-    memory's first extra fd. The file gets map_memory's checks (regular, plain name)."""
+    """(guest RAM filled from memory.snap.zst, the file's fd: the memory's, closed with it). The
+    file gets map_memory's checks (a regular file, a plain name)."""
     from .lazy_memory import load as load_lazy
     fd = open_memory_file(path)
     try:
@@ -129,8 +130,7 @@ def _load_compressed(path: str, layout: dict, where: str):
         os.close(fd)
         raise
     memory.filling_method = how
-    size = int(layout["size"])
-    return memory, lambda f: digest_fd(f, size, where)
+    return memory, fd
 
 
 def load_fds(state_fd: int, memory_fd: int, fingerprint: bytes | None, memory, vcpus: int,

@@ -103,9 +103,10 @@ def save(machine, dest: str, meta: dict | None = None, resume: bool = True, diff
                 machine.resume()
         paused_ms = (time.perf_counter() - t0) * 1000
         memory = memory_writer()
-        memory["sha256"] = memory_digest(os.path.join(tmp, create.MEMORY_FILE))
         if machine.config.compress_snapshots and staged is None:
-            memory.update(create.compress_memory(tmp))
+            memory.update(create.compress_memory(tmp))      # its checksum too, in the one read
+        else:
+            memory["sha256"] = memory_digest(os.path.join(tmp, create.MEMORY_FILE))
         if staged is not None:
             memory["diff"] = {"parent": parent["id"], "parent_sha256": parent["sha256"],
                               "depth": parent["depth"] + 1, "tracking": machine.dirty.method}
