@@ -13,6 +13,7 @@ import array
 import json
 import socket
 
+from volt_spec.api import unixpath
 from volt_spec.api.errors import ApiError, ApiUnavailable
 
 TYPE_CHECKING = False
@@ -83,7 +84,7 @@ class ApiClient:
 
     def _connect(self, sock: socket.socket) -> None:
         try:
-            sock.connect(self.path)
+            unixpath.connect(sock, self.path)
         except FileNotFoundError:
             raise ApiUnavailable(self.path, "no socket there (is the VM running?)") from None
         except ConnectionRefusedError:

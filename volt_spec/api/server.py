@@ -34,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from volt_spec.api.handler import ApiHandler
 
-from volt_spec.api import framing, routes
+from volt_spec.api import framing, routes, unixpath
 from volt_spec.api.errors import SocketInUse
 from volt_spec.api.framing import MAX_BODY, Conn, Reject, response
 
@@ -71,7 +71,7 @@ class ApiServer:
         try:
             old_umask = os.umask(BIND_UMASK)
             try:
-                self._sock.bind(path)
+                unixpath.bind(self._sock, path)
             finally:
                 os.umask(old_umask)
             os.chmod(path, SOCKET_MODE)
@@ -293,7 +293,7 @@ def _clear_stale_socket(path: str) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(LIVE_PROBE_TIMEOUT_S)
     try:
-        probe.connect(path)
+        unixpath.connect(probe, path)
     except (ConnectionRefusedError, FileNotFoundError):
         pass  # nobody listening: stale
     except OSError:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..api import unixpath
 from .home import VmDir
 from .procs import is_alive
 
@@ -198,7 +199,7 @@ def attach_console(vm_dir: VmDir) -> None:
     the shell, and the test guest reads nothing. Detach: Ctrl-], when stdin is a terminal; when
     it is not, at the end of input."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(str(vm_dir.console_sock))
+    unixpath.connect(sock, str(vm_dir.console_sock))
     stdin_fd = sys.stdin.fileno()
     is_tty = os.isatty(stdin_fd)
     translate = CrlfOutput().feed if os.isatty(1) else (lambda data: data)

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..api import unixpath
 from .home import private_dir, read_json
 from .procs import is_alive, kill
 
@@ -263,7 +264,7 @@ def _ask(control: Path, request: dict) -> None:
     import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5.0)
-        s.connect(str(control))
+        unixpath.connect(s, str(control))
         s.sendall(json.dumps(request).encode() + b"\n")
         reply = json.loads(s.makefile("rb").readline() or b"{}")
     if not reply.get("ok"):

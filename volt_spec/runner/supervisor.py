@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..api import unixpath
 from .home import write_json
 from .procs import signal_name, start_ticks
 
@@ -105,7 +106,7 @@ class ConsoleHub:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.server.bind(str(path))
+            unixpath.bind(self.server, str(path))
         finally:
             os.umask(old)
         self.server.listen(4)
@@ -258,7 +259,7 @@ class Supervisor:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            server.bind(str(path))
+            unixpath.bind(server, str(path))
         finally:
             os.umask(old)
         server.listen(1)
