@@ -54,13 +54,15 @@ def policy_status(volt, name):
 
 
 def state_of(volt, name: str) -> str:
-    """The VM's policy status, exit record and console end, for a failure message."""
+    """The VM's policy status and exit record (first, on one line: a CI summary shows a failure's
+    first line and its last ones), then its console's end."""
     try:
-        policy = policy_status(volt, name)
+        p = policy_status(volt, name)
+        policy = f"in_progress={p['in_progress']} taken={p['snapshots_taken']} last_error={p['last_error']}"
     except Exception as e:  # noqa: BLE001 - the VMM may be gone: say so
         policy = f"no API answer ({e})"
     console = volt.log(name).splitlines()[-5:]
-    return f"policy: {policy}\nended: {volt.ended(name)}\nconsole: " + "\n".join(console)
+    return f"{policy}; ended: {volt.ended(name)}\nconsole: " + "\n".join(console)
 
 
 def wait_until(predicate, timeout=30.0, what="condition", explain=None):
@@ -70,7 +72,7 @@ def wait_until(predicate, timeout=30.0, what="condition", explain=None):
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f"\n{explain()}" if explain else "")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f"; {explain()}" if explain else "")
         time.sleep(0.05)      # polling another process's progress (files / API)
 
 

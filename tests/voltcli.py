@@ -92,14 +92,21 @@ class Volt:
         log = self.home / "vms" / name / "console.log"
         timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        ended = None
+        while time.monotonic() < deadline and ended is None:
+            ended = self.ended(name)          # read first: a VMM that ended wrote its whole console
             text = log.read_text(errors="replace") if log.exists() else ""
             text = text[:text.rfind("\n") + 1]
             if marker in text:
                 return text
-            time.sleep(0.05)   # the marker is written by another process; poll the file
-        raise AssertionError(f"{marker!r} not in vm/{name}'s console within {timeout}s:\n"
-                             + (log.read_text(errors='replace')[-2000:] if log.exists() else "(no log)"))
+            if ended is None:
+                time.sleep(0.05)   # the marker is written by another process; poll the file
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        last = tail.rstrip("\n").rsplit("\n", 1)[-1][-160:]
+        # The cause first, on one line: a CI summary shows a failure's first line and its last ones.
+        within = f"before its VMM ended ({ended})" if ended else f"within {timeout}s (still running)"
+        raise AssertionError(f"{marker!r} not in vm/{name}'s console {within}; "
+                             f"last line: {last!r}\n{tail}{self.vm_records()}")
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + scaled(timeout)

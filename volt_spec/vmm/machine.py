@@ -25,7 +25,10 @@ from .config import MachineConfig
 from .sync import Flag, Worker
 
 KICK_SIGNAL = signal.SIGUSR1
-PAUSE_TIMEOUT_S = 5.0
+# A vCPU parks within microseconds of its kick unless a device callback is stuck, but a loaded
+# host can stall a thread for seconds (the TCG lane runs VMMs 10-50x slower), and a policy
+# snapshot refused for it is not retried. Firecracker waits 30 s for a vCPU's answer as well.
+PAUSE_TIMEOUT_S = 30.0
 
 # VM lifecycle (cloud-hypervisor style): one table of legal transitions.
 NOT_STARTED, RUNNING, PAUSED, STOPPED = "NotStarted", "Running", "Paused", "Stopped"
@@ -35,6 +38,19 @@ VALID_TRANSITIONS = {
     PAUSED: (RUNNING, STOPPED),
     STOPPED: (),
 }
+
+
+class PauseRound:
+    """One pause: the vCPUs parked in it and the flags that end it. A vCPU counts only in the
+    round it was kicked for, so a round never counts one still leaving the round before (two
+    pauses in quick succession: a hold released, then a snapshot's pause)."""
+
+    __slots__ = ("parked", "all_parked", "resume")
+
+    def __init__(self) -> None:
+        self.parked = 0
+        self.all_parked = Flag()
+        self.resume = Flag()
 
 
 class InvalidStateTransition(RuntimeError):
@@ -98,9 +114,7 @@ class Machine:
         self._state_lock = _thread.allocate_lock()
         self._pause_requested = False
         self._hold: object | None = None
-        self._parked = 0
-        self._all_parked = Flag()
-        self._resume = Flag()
+        self._round = PauseRound()
 
         self.vm = vm or create_vm(kvm)
         self.memory = memory or GuestMemory.anonymous(layout.ram_ranges(self.mem_size))
@@ -180,7 +194,7 @@ class Machine:
                 self._hold = None
             if self.state != PAUSED:
                 self._begin_pause()
-            if not self._all_parked.wait(PAUSE_TIMEOUT_S):
+            if not self._round.all_parked.wait(PAUSE_TIMEOUT_S):
                 self._hold = None
                 self._resume_locked()
                 raise RuntimeError(f"vCPUs did not pause within {PAUSE_TIMEOUT_S:g} s")
@@ -210,8 +224,7 @@ class Machine:
 
     def _begin_pause(self) -> None:
         self._transition(PAUSED)
-        self._resume = Flag()
-        self._all_parked = Flag()
+        self._round = PauseRound()
         self._pause_requested = True
         self.kick_all()
 
@@ -228,20 +241,18 @@ class Machine:
         self._pause_requested = False
         for vcpu in self.vcpus:
             vcpu.set_immediate_exit(False)
-        self._resume.set()
+        self._round.resume.set()
 
     def _park(self, vcpu: Vcpu) -> None:
         """In a vCPU thread after an interrupted KVM_RUN: wait here while the VM is paused."""
+        pause = self._round
         with self.bus_lock:
-            self._parked += 1
-            if self._parked == len(self.vcpus):
-                self._all_parked.set()
-        resume = self._resume
-        while not resume.wait(0.5):
+            pause.parked += 1
+            if pause.parked == len(self.vcpus):
+                pause.all_parked.set()
+        while not pause.resume.wait(0.5):
             if self.exit_event.is_set():
                 break
-        with self.bus_lock:
-            self._parked -= 1
 
     def request_exit(self, code: int, reason: str) -> None:
         """Record the first reason the VM stops, wake the main thread and kick the vCPUs."""

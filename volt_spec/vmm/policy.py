@@ -26,7 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-from ..snapshot.format import SnapshotError
 from ..snapshot.store import new_id, remove
 from .config import PolicyConfig
 
@@ -153,8 +152,8 @@ class PolicyEngine:
             with self.machine.snapshot_lock:
                 diff = self.policy.full_every is not None and persist.diff_wanted(self.machine, self.policy.full_every)
                 result = persist.save(self.machine, os.path.join(self.dir, snap_id), meta, diff=diff)
-        except (SnapshotError, OSError, RuntimeError) as e:
-            message = getattr(e, "strerror", None) or str(e)
+        except Exception as e:  # noqa: BLE001 - the worker must live on and say why (status, stderr)
+            message = getattr(e, "strerror", None) or str(e) or type(e).__name__
             with self.lock:
                 self.last_error = f"{trigger} snapshot failed at {time.strftime('%H:%M:%S')}: {message}"
             os.write(2, f"volt-vmm: warning: {self.last_error}\n".encode())
