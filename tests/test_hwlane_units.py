@@ -146,6 +146,77 @@ def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
     assert reruns == ["test_y.py::test_flaky_emulator"]
 
 
+def fake_vm(home, name, quiet_s, pid, generation="g1", ended=None):
+    """A VM directory as the supervisor leaves it: instance.json, a console last written
+    `quiet_s` ago and, when `ended`, the exit record of that generation."""
+    import json
+    import os
+    import time
+    vm = home / "vms" / name
+    vm.mkdir(parents=True)
+    (vm / "instance.json").write_text(json.dumps({"generation": generation, "vmm_pid": pid,
+                                                  "api_sock": str(vm / "run" / "api.sock")}))
+    (vm / "console.log").write_text("tick 10\n")
+    then = time.time() - quiet_s
+    os.utime(vm / "console.log", (then, then))
+    if ended:
+        (vm / "exit.json").write_text(json.dumps({"generation": ended, "reason": "guest powered off"}))
+    return vm
+
+
+def test_a_running_guest_with_a_silent_console_is_stalled(tmp_path):
+    import os
+    import time
+    from tests.hwlane.progress import QUIET_S, stalled_vms
+    home = tmp_path / "w" / "home"
+    fake_vm(home, "stuck", QUIET_S + 60, os.getpid())
+    fake_vm(home, "chatty", 1, os.getpid())
+    fake_vm(home, "done", QUIET_S + 60, os.getpid(), ended="g1")
+    fake_vm(home, "gone", QUIET_S + 60, 2 ** 22 + 12345)                   # no such process
+    assert stalled_vms(tmp_path, time.time(), running=lambda inst: True) == ["vm/stuck silent for 180 s"]
+    assert stalled_vms(tmp_path, time.time(), running=lambda inst: False) == [], "a VMM that does not answer"
+
+
+def test_a_test_that_failed_beside_a_stalled_guest_is_run_again(tmp_path):
+    """As the lane runs pytest: the failure's message gains the stall, so the test gets another try."""
+    import os
+    import subprocess
+    import sys
+    from tests.hwlane.lane import RERUN_ON
+    from tests.hwlane.progress import read_progress
+    (tmp_path / "test_z.py").write_text(
+        "import json, os, pathlib, socket, threading, time\n"
+        "def serve(path):\n"
+        "    s = socket.socket(socket.AF_UNIX); s.bind(path); s.listen(4)\n"
+        "    body = json.dumps({'state': 'Running'}).encode()\n"
+        "    def loop():\n"
+        "        while True:\n"
+        "            c, _ = s.accept(); c.recv(65536)\n"
+        "            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: '\n"
+        "                      + str(len(body)).encode() + b'\\r\\n\\r\\n' + body); c.close()\n"
+        "    threading.Thread(target=loop, daemon=True).start()\n"
+        "def test_waits_on_a_stuck_guest(tmp_path):\n"
+        "    mark = pathlib.Path(__file__).with_name('tried')\n"
+        "    if mark.exists():\n"
+        "        return\n"
+        "    mark.write_text('1')\n"
+        "    vm = tmp_path / 'home' / 'vms' / 'p'; (vm / 'run').mkdir(parents=True)\n"
+        "    (vm / 'instance.json').write_text(json.dumps({'generation': 'g', 'vmm_pid': os.getpid(),\n"
+        "                                                 'api_sock': str(vm / 'run' / 'api.sock')}))\n"
+        "    (vm / 'console.log').write_text('tick 10\\n'); os.utime(vm / 'console.log', (1, 1))\n"
+        "    serve(str(vm / 'run' / 'api.sock'))\n"
+        "    assert False, \"'dirty-ok gen=2' not in vm/p's console\"\n")
+    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "PYTHONPATH": str(CHECKOUT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("VOLT_LANE_DONE", None)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider",
+                          "-q", "-rR", "--reruns", "1", "--only-rerun", RERUN_ON, "test_z.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    reruns = []
+    assert read_progress(tmp_path / "p.log", reruns) == {"test_z.py::test_waits_on_a_stuck_guest": "passed"}, out.stdout
+    assert reruns == ["test_z.py::test_waits_on_a_stuck_guest"], "its own message names no triple fault"
+
+
 def test_the_lane_passes_only_when_every_test_inside_passed():
     from tests.hwlane.lane import LaneResult
     assert LaneResult(0, {"passed": 3}).ok()

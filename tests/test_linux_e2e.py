@@ -32,7 +32,7 @@ COUNTER = re.compile(r"^counter (\d+) uptime=([\d.]+)", re.M)
 BAD = re.compile(r"Oops|BUG[: ]|self-detected stall|clocksource.*unstable|hung_task|blocked for more than \d+ seconds"
                  r"|data-FAIL|root-FAIL|net-FAIL|ping-FAIL")
 WATCH_S = 30.0                      # guest seconds watched after each restore
-BOOT_S = 60.0                       # a Linux boot to READY on hardware KVM (scaled in the lane: 600 s,
+BOOT_S = 30.0                       # a Linux boot to READY on hardware KVM (scaled in the lane: 300 s,
 #                                     under pytest-timeout's 900, so a stalled boot shows its console)
 # The host side of every tap: a restored guest (and each clone) still has this peer in its ARP
 # cache, as it would on a host that recreates the same tap for it.

@@ -40,7 +40,7 @@ from pathlib import Path
 from volt_spec.boot.initramfs import initramfs_entries, write_cpio
 from volt_spec.boot.kernel_fetch import default_cache_dir, fetch_busybox, fetch_debian_kernel, fetch_kernel_modules
 
-from .progress import DONE_ENV, PROGRESS_ENV, read_progress
+from .progress import DONE_ENV, PROGRESS_ENV, STALLED, read_progress
 from .qemu import Qemu, QemuFetchError, lane_qemu
 
 HERE = Path(__file__).resolve().parent
@@ -68,12 +68,12 @@ BOOT_DEADLINE_S = 240             # QEMU start to "LANE: ready" (about 5-20 s wh
 # (the Linux tests, alone, crash the L1 now and then), so boots go on while they make progress.
 L1_STALLED_BOOTS = 3              # L1 boots in a row that finish no test: the lane gives up
 L1_MAX_BOOTS = 10                 # L1 boots per lane run, whatever they finish
-# A guest that triple-faults in the lane is run once more (and the lane names it): TCG's SVM
-# breaks L2s now and then, QEMU's as well as ours. Only in the lane: make test on the host,
-# where a triple fault is always ours, reruns nothing.
-RERUN_ON = "guest triple fault"
-# How often: a Linux L2 boot alone triple-faulted in 2 of 8 boots in one L1 (2026-12-05), so once
-# leaves a Linux test failing about one run in ten; twice, about one in thirty-five.
+# A test whose guest triple-faulted or stalled (progress.py STALLED) in the lane is run again (and
+# the lane names it): TCG's SVM breaks L2s now and then, QEMU's as well as ours. Only in the lane:
+# make test on the host, where a triple fault or a stall is always ours, reruns nothing.
+RERUN_ON = f"guest triple fault|{STALLED}"
+# How often: a Linux L2 boot alone triple-faulted in 3 of 8 boots in one L1 (2026-12-06; none in
+# 28 in two others), so once leaves a Linux test failing about one run in ten; twice, one in 35.
 RERUNS = 2
 PROGRESS_FILE = "progress.log"    # in the results share: one line per finished test (tests/hwlane/progress.py)
 MARKER = "LANE: "
@@ -105,7 +105,7 @@ class LaneResult:
     wall_s: float = 0.0
     failed: list[str] = field(default_factory=list)
     attempts: int = 1
-    reruns: list[str] = field(default_factory=list)     # run again after a guest triple fault
+    reruns: list[str] = field(default_factory=list)     # run again after a guest triple fault or stall
     reasons: dict[str, str] = field(default_factory=dict)   # node id -> why it failed, one line
 
     def ok(self) -> bool:
@@ -117,7 +117,7 @@ class LaneResult:
         parts = [f"{self.counts.get(k, 0)} {k}" for k in ("passed", "failed", "errors", "skipped")
                  if self.counts.get(k) or k == "passed"]
         boots = f", {self.attempts} L1 boots" if self.attempts > 1 else ""
-        boots += f", {len(self.reruns)} run again after a guest triple fault" if self.reruns else ""
+        boots += f", {len(self.reruns)} run again after a guest triple fault or stall" if self.reruns else ""
         return (f"hardware-KVM lane: {', '.join(parts)} inside the L1 in {self.wall_s:.0f} s "
                 f"(pytest exit {self.rc}{boots})")
 
@@ -447,5 +447,5 @@ def main(argv: list[str] | None = None) -> int:
         why = result.reasons.get(name)
         print(f"  failed in the lane: {name}" + (f": {why}" if why else ""))
     for name in result.reruns:
-        print(f"  run again after a guest triple fault (emulation): {name}")
+        print(f"  run again after a guest triple fault or stall (emulation): {name}")
     return 0 if result.ok() else 1
