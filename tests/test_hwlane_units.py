@@ -118,13 +118,23 @@ def test_a_second_l1_runs_only_what_the_first_had_not_finished(tmp_path):
     assert reasons == {"test_x.py::test_left_failing": "assert False"}, "CI shows the lane's last lines: they say why"
 
 
-def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
-    """As the lane runs pytest: a triple fault gets one more try (logged as a rerun), any other
-    failure none."""
+def pytest_like_the_lane(tmp_path, test_file: str):
+    """pytest in `tmp_path` with the lane's plugin and rerun rule (one rerun); progress to p.log."""
     import os
     import subprocess
     import sys
     from tests.hwlane.lane import RERUN_ON
+    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "PYTHONPATH": str(CHECKOUT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop("VOLT_LANE_DONE", None)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider",
+                           "-q", "--reruns", "1", "--only-rerun", RERUN_ON, test_file], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
+    """As the lane runs pytest: a triple fault gets one more try (logged as a rerun), any other
+    failure none."""
     from tests.hwlane.progress import read_progress
     (tmp_path / "test_y.py").write_text(
         "import pathlib\n"
@@ -134,12 +144,7 @@ def test_a_guest_triple_fault_is_run_again_once_and_logged(tmp_path):
         "        mark.write_text('1')\n"
         "        raise AssertionError('volt-vmm: guest triple fault (vcpu 0, rip=0xfff0)')\n\n"
         "def test_ours():\n    assert False, 'a real bug'\n")
-    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "PYTHONPATH": str(CHECKOUT)}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    env.pop("VOLT_LANE_DONE", None)
-    subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider", "-q",
-                    "--reruns", "1", "--only-rerun", RERUN_ON, "test_y.py"], cwd=tmp_path, env=env,
-                   capture_output=True, text=True)
+    pytest_like_the_lane(tmp_path, "test_y.py")
     reruns = []
     assert read_progress(tmp_path / "p.log", reruns) == {"test_y.py::test_flaky_emulator": "passed",
                                                          "test_y.py::test_ours": "failed"}
@@ -179,10 +184,6 @@ def test_a_running_guest_with_a_silent_console_is_stalled(tmp_path):
 
 def test_a_test_that_failed_beside_a_stalled_guest_is_run_again(tmp_path):
     """As the lane runs pytest: the failure's message gains the stall, so the test gets another try."""
-    import os
-    import subprocess
-    import sys
-    from tests.hwlane.lane import RERUN_ON
     from tests.hwlane.progress import read_progress
     (tmp_path / "test_z.py").write_text(
         "import json, os, pathlib, socket, threading, time\n"
@@ -206,12 +207,7 @@ def test_a_test_that_failed_beside_a_stalled_guest_is_run_again(tmp_path):
         "    (vm / 'console.log').write_text('tick 10\\n'); os.utime(vm / 'console.log', (1, 1))\n"
         "    serve(str(vm / 'run' / 'api.sock'))\n"
         "    assert False, \"'dirty-ok gen=2' not in vm/p's console\"\n")
-    env = {**os.environ, "VOLT_LANE_PROGRESS": str(tmp_path / "p.log"), "PYTHONPATH": str(CHECKOUT)}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    env.pop("VOLT_LANE_DONE", None)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.hwlane.progress", "-p", "no:cacheprovider",
-                          "-q", "-rR", "--reruns", "1", "--only-rerun", RERUN_ON, "test_z.py"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    out = pytest_like_the_lane(tmp_path, "test_z.py")
     reruns = []
     assert read_progress(tmp_path / "p.log", reruns) == {"test_z.py::test_waits_on_a_stuck_guest": "passed"}, out.stdout
     assert reruns == ["test_z.py::test_waits_on_a_stuck_guest"], "its own message names no triple fault"
