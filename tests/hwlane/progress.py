@@ -134,17 +134,14 @@ def stalled_vms(root: Path, now: float, quiet_s: float = QUIET_S, running=None) 
 
 
 def _ended(vm: Path, instance: dict) -> bool:
+    from volt_spec.runner.procs import is_alive
     try:
         ended = json.loads((vm / "exit.json").read_text())
         if ended.get("generation") == instance.get("generation"):
             return True
     except (OSError, ValueError):
         pass
-    try:
-        os.kill(int(instance["vmm_pid"]), 0)
-    except (KeyError, ValueError, TypeError, ProcessLookupError, PermissionError):
-        return True
-    return False
+    return not is_alive(instance.get("vmm_pid"), instance.get("vmm_start"))
 
 
 def _api_says_running(instance: dict) -> bool:
