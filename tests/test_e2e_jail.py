@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 
 import pytest
 
 from .kvm_required import require_kvm
 from .timing import scaled
-from .voltcli import spec_text, write
+from .voltcli import Volt, spec_text, write
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -35,10 +36,29 @@ def test_a_vmm_volt_starts_is_jailed(volt, tmp_path):
     assert status["NSpid"].split()[-1] == "1", "pid 1 of its own pid namespace"
     with open(f"/proc/{pid}/cgroup") as f:
         cgroups = f.read()
-    assert "volt-j" in cgroups
-    assert any(c.endswith("/volt-j") for c in jail["cgroup"])
+    leaf = f"volt-j-{zlib.crc32(jail['root'].encode()):08x}"        # the VM's name and its home's
+    assert all(c.endswith(f"/{leaf}") for c in jail["cgroup"]) and f"/{leaf}\n" in cgroups, (jail, cgroups)
     assert b"volt" in open(f"/proc/{pid}/cmdline", "rb").read(), "the host pid is the VMM itself"
     assert volt("snapshot", "j", "--name", "s").returncode == 0        # the jail can still do its work
+
+
+def test_vms_of_one_name_in_two_homes_get_cgroups_of_their_own(volt, tmp_path):
+    """Two $VOLT_HOMEs on a host (two users, two test runs) may both run a VM `j`: each VMM is
+    limited by its own cgroup, and one ending does not take the other's cgroup with it."""
+    other = Volt(tmp_path / "home2")
+    try:
+        for v in (volt, other):
+            v("apply", write(tmp_path / "j.yaml", spec_text("j")))
+        rows = [v.wait_state("j", "running") for v in (volt, other)]
+        mine, theirs = (set(r["jail"]["cgroup"]) for r in rows)
+        assert not mine & theirs, (mine, theirs)
+        other("delete", "j")
+        assert all(os.path.isdir(c) for c in mine)
+        with open(f"/proc/{rows[0]['pid']}/cgroup") as f:
+            placed = f.read()
+        assert all(f"/{os.path.basename(c)}\n" in placed for c in mine), placed
+    finally:
+        other("delete", "--all", check=None)
 
 
 def test_a_forbidden_system_call_kills_the_vmm_and_status_says_why(tmp_path):

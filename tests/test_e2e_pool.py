@@ -81,7 +81,9 @@ def test_a_pooled_restore_becomes_the_vm_in_a_warm_vmm(volt_ns, tmp_path):
     wait_pool_line(volt, "(1 prepared with a snapshot)")      # restore: gold names it: the pool prepares it
     warm = json.loads((next((volt.home / "pool" / "1cpu-128mib").iterdir()) / "instance.json").read_text())
 
-    assert said(volt("scale", "web", "3"))[2] == f"vm/web-2 restored from {snap['id']}, into a warm VMM"
+    scaled = volt("scale", "web", "3")
+    assert said(scaled)[2] == f"vm/web-2 restored from {snap['id']}, into a warm VMM", (
+        f"{scaled.stdout}{scaled.stderr}{pool_logs(volt)}{volt.vm_records()}")
     row = volt.state("web-2")
     assert row["state"] == "running" and row["pid"] == warm["vmm_pid"] and row["booted_from"] == f"snapshot {snap['id']}"
     assert row["jail"]["uid"] == warm["jail"]["uid"]                # the VM keeps the warm VMM's own uid

@@ -64,11 +64,17 @@ def ensure_mounted(proc_cgroup: str = "/proc/self/cgroup") -> bool:
     return True
 
 
-def plan(name: str, root: str = ROOT) -> dict[str, str]:
-    """{controller: the directory of the VM's cgroup}: v2 ("" key) when memory, cpu and pids are
-    there, else the v1 hierarchies of each."""
+def leaf(name: str, jail_root: str) -> str:
+    """The cgroup's name: the VM's, and a digest of its jail root (which names its $VOLT_HOME), so
+    VMs of one name in two homes on a host never share a cgroup and its limits."""
+    import zlib
+    return f"volt-{name}-{zlib.crc32(os.path.abspath(jail_root).encode()):08x}"
+
+
+def plan(leaf: str, root: str = ROOT) -> dict[str, str]:
+    """{controller: the directory of the VM's cgroup `leaf`}: v2 ("" key) when memory, cpu and
+    pids are there, else the v1 hierarchies of each."""
     mine = own_cgroups()
-    leaf = f"volt-{name}"
     if {"memory", "cpu", "pids"} <= v2_controllers(root) and "" in mine:
         return {"": os.path.join(root, mine[""].lstrip("/"), leaf)}
     out = {}

@@ -43,7 +43,7 @@ def prepare(config: JailConfig) -> dict[str, str]:
     for path in config.owned:
         chown_tree(path, config.uid, config.gid)
     cgroups.ensure_mounted()
-    dirs = cgroups.plan(config.name)
+    dirs = cgroups.plan(cgroups.leaf(config.name, config.root))
     if config.limits is not None:
         cgroups.create(dirs, config.limits)
     return dirs
