@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 
 import pytest
 
@@ -42,3 +44,16 @@ def test_a_missing_directory_is_an_error_naming_it(tmp_path):
     path = str(tmp_path / ("x" * 120) / "api.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, pytest.raises(FileNotFoundError):
         unixpath.connect(s, path)
+
+
+@pytest.mark.parametrize("depth", ["short", "deep"])
+def test_a_mode_given_is_the_socket_files_from_its_birth_and_the_umask_is_untouched(tmp_path, depth):
+    path = deep(tmp_path) if depth == "deep" else str(tmp_path / "s.sock")
+    old = os.umask(0)                     # a permissive umask would leave the file 0777
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            unixpath.bind(server, path, 0o600)
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            assert os.umask(0) == 0       # bind did not swap the process's umask
+    finally:
+        os.umask(old)

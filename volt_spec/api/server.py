@@ -39,7 +39,6 @@ from volt_spec.api.errors import SocketInUse
 from volt_spec.api.framing import MAX_BODY, Conn, Reject, response
 
 SOCKET_MODE = 0o600
-BIND_UMASK = 0o177  # the socket file is born 0600: no window where others can connect
 LISTEN_BACKLOG = 128
 IDLE_TIMEOUT_S = 60.0  # a kept-alive connection with no new request is dropped after this
 WORKERS = 4
@@ -69,12 +68,8 @@ class ApiServer:
         _clear_stale_socket(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            old_umask = os.umask(BIND_UMASK)
-            try:
-                unixpath.bind(self._sock, path)
-            finally:
-                os.umask(old_umask)
-            os.chmod(path, SOCKET_MODE)
+            unixpath.bind(self._sock, path, SOCKET_MODE)
+            os.chmod(path, SOCKET_MODE)               # exactly 0600, whatever the umask took away
             self._ino = os.stat(path).st_ino
             self._sock.listen(LISTEN_BACKLOG)
             self._sock.setblocking(False)

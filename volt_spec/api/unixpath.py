@@ -14,7 +14,12 @@ import socket
 SUN_PATH_MAX = 107          # sun_path's bytes, less the terminating NUL
 
 
-def bind(sock: socket.socket, path: str) -> None:
+def bind(sock: socket.socket, path: str, mode: int | None = None) -> None:
+    """`mode`: the socket file's permissions, set on the socket before bind() (Linux creates the
+    file with the socket inode's mode less the umask), so it is born with them: no window where
+    others may connect, and no process-wide umask swap racing the process's other threads."""
+    if mode is not None:
+        os.fchmod(sock.fileno(), mode)
     _via_short_path(sock.bind, path)
 
 

@@ -104,11 +104,7 @@ class ConsoleHub:
         except FileNotFoundError:
             pass
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            unixpath.bind(self.server, str(path))
-        finally:
-            os.umask(old)
+        unixpath.bind(self.server, str(path), 0o600)
         self.server.listen(4)
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -257,11 +253,7 @@ class Supervisor:
         import json
         path = self.vm_dir / "control.sock"
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            unixpath.bind(server, str(path))
-        finally:
-            os.umask(old)
+        unixpath.bind(server, str(path), 0o600)
         server.listen(1)
         while self.pool:
             conn, _ = server.accept()
