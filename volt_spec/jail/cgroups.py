@@ -8,6 +8,7 @@ Firecracker's jailer handles both the same way. Never created anywhere else.
 from __future__ import annotations
 
 import os
+import zlib
 
 from .config import Limits
 
@@ -67,16 +68,15 @@ def ensure_mounted(proc_cgroup: str = "/proc/self/cgroup") -> bool:
 def leaf(name: str, jail_root: str) -> str:
     """The cgroup's name: the VM's, and a digest of its jail root (which names its $VOLT_HOME), so
     VMs of one name in two homes on a host never share a cgroup and its limits."""
-    import zlib
     return f"volt-{name}-{zlib.crc32(os.path.abspath(jail_root).encode()):08x}"
 
 
-def plan(leaf: str, root: str = ROOT) -> dict[str, str]:
-    """{controller: the directory of the VM's cgroup `leaf`}: v2 ("" key) when memory, cpu and
-    pids are there, else the v1 hierarchies of each."""
+def plan(cgroup: str, root: str = ROOT) -> dict[str, str]:
+    """{controller: the directory of the VM's cgroup named `cgroup` (leaf())}: v2 ("" key) when
+    memory, cpu and pids are there, else the v1 hierarchies of each."""
     mine = own_cgroups()
     if {"memory", "cpu", "pids"} <= v2_controllers(root) and "" in mine:
-        return {"": os.path.join(root, mine[""].lstrip("/"), leaf)}
+        return {"": os.path.join(root, mine[""].lstrip("/"), cgroup)}
     out = {}
     for c in ("memory", "cpu", "pids"):
         if c not in mine:
@@ -84,7 +84,7 @@ def plan(leaf: str, root: str = ROOT) -> dict[str, str]:
         base = os.path.join(root, c)
         if not os.path.isdir(base):
             base = os.path.join(root, "cpu,cpuacct") if c == "cpu" else base
-        out[c] = os.path.join(base, mine[c].lstrip("/"), leaf)
+        out[c] = os.path.join(base, mine[c].lstrip("/"), cgroup)
     return out
 
 
