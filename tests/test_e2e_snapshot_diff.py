@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 
 import pytest
 
-from .timing import scaled
 from .voltcli import write
 
 pytestmark = pytest.mark.hwlane
@@ -32,33 +30,9 @@ GEN = re.compile(r"^dirty-ok gen=(\d+)$", re.M)
 
 
 def wait_new(volt, name: str, offset: int, pattern: re.Pattern, timeout: float = 30.0) -> re.Match:
-    """The first match of `pattern` in the VM's console after byte `offset` (whole lines only).
-    Fails at once when the VMM ended, with its reason on the first line (in the lane, "guest
-    triple fault" is what makes the test run again), else at the deadline with the VM's state."""
-    deadline = time.monotonic() + scaled(timeout)
-    while True:
-        ended = volt.ended(name)          # read first: a VMM that ended wrote its whole console
-        text = volt.log(name)[offset:]
-        text = text[:text.rfind("\n") + 1]
-        assert "CORRUPT" not in text, text[-2000:]
-        found = pattern.search(text)
-        if found:
-            return found
-        if ended is not None or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)    # the guest writes the console from another process: poll it
-    within = f"before its VMM ended ({ended})" if ended else f"within {scaled(timeout)}s ({_state(volt, name)})"
-    last = text.rstrip("\n").rsplit("\n", 1)[-1][-160:]
-    raise AssertionError(f"{pattern.pattern!r} not in vm/{name}'s console {within}; last line: {last!r}\n"
-                         f"{text[-2000:]}{volt.vm_records()}")
-
-
-def _state(volt, name: str) -> str:
-    try:
-        row = volt.state(name)
-        return f"state {row['state']}: {row.get('reason') or 'no reason'}"
-    except Exception as e:  # noqa: BLE001 - the failure message must not hide the failure
-        return f"state unknown: {e}"
+    """The first match of `pattern` in the VM's console after byte `offset` (whole lines only);
+    a CORRUPT line fails at once (Volt.wait_match)."""
+    return volt.wait_match(name, pattern, offset, timeout, forbid="CORRUPT")[0]
 
 
 def guest_memory(snapshot) -> list[bytes]:

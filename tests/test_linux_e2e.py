@@ -24,7 +24,7 @@ from .kvm_required import require_kvm
 from .netns import in_netns, tap_namespace
 from .test_virtio_e2e import NsVmm
 from .timing import scaled
-from .voltcli import Volt
+from .voltcli import Volt, whole_lines
 
 pytestmark = [pytest.mark.linux, pytest.mark.hwlane, pytest.mark.hw_only]
 
@@ -66,8 +66,7 @@ def generation_ids(text: str) -> set[str]:
 def counters(text: str) -> list[tuple[int, float]]:
     """(count, uptime) of each whole counter line: the guest writes as the test reads, and a torn
     last line (`uptime=6` of `uptime=65.31`, seen in the lane) would read as time going back."""
-    whole = text[:text.rfind("\n") + 1]
-    return [(int(m.group(1)), float(m.group(2))) for m in COUNTER.finditer(whole)]
+    return [(int(m.group(1)), float(m.group(2))) for m in COUNTER.finditer(whole_lines(text))]
 
 
 def sums(text: str, word: str) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,24 +90,37 @@ class Volt:
         """Wait until the VM's console log holds `marker` in a whole line, and return the log's
         whole lines: the guest writes as it goes, so a line read mid-write (`mem-ok 2b2` of
         `mem-ok 2b2af3acbdd4a84c`, seen in the slow lane) must not count."""
-        log = self.home / "vms" / name / "console.log"
+        return self.wait_match(name, re.compile(re.escape(marker)), timeout=timeout, label=marker)[1]
+
+    def wait_match(self, name: str, pattern: re.Pattern, offset: int = 0, timeout: float = 30.0,
+                   forbid: str | None = None, label: str | None = None) -> tuple[re.Match, str]:
+        """The first match of `pattern` in the whole lines of the VM's console after byte `offset`,
+        and those lines; `forbid` fails at once when it shows up. Fails at once when the VMM ended,
+        its reason on the first line (a CI summary shows a failure's first line; in the lane, "guest
+        triple fault" is what makes the test run again), else at the deadline with the VM's state."""
         timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
-        ended = None
-        while time.monotonic() < deadline and ended is None:
+        while True:
             ended = self.ended(name)          # read first: a VMM that ended wrote its whole console
-            text = log.read_text(errors="replace") if log.exists() else ""
-            text = text[:text.rfind("\n") + 1]
-            if marker in text:
-                return text
-            if ended is None:
-                time.sleep(0.05)   # the marker is written by another process; poll the file
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-        last = tail.rstrip("\n").rsplit("\n", 1)[-1][-160:]
-        # The cause first, on one line: a CI summary shows a failure's first line and its last ones.
-        within = f"before its VMM ended ({ended})" if ended else f"within {timeout}s (still running)"
-        raise AssertionError(f"{marker!r} not in vm/{name}'s console {within}; "
-                             f"last line: {last!r}\n{tail}{self.vm_records()}")
+            text = whole_lines(self.log(name)[offset:])
+            assert forbid is None or forbid not in text, text[-2000:]
+            found = pattern.search(text)
+            if found:
+                return found, text
+            if ended is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)   # the guest writes the console from another process: poll it
+        last = text.rstrip("\n").rsplit("\n", 1)[-1][-160:]
+        within = f"before its VMM ended ({ended})" if ended else f"within {timeout}s ({self._state_line(name)})"
+        raise AssertionError(f"{label or pattern.pattern!r} not in vm/{name}'s console {within}; "
+                             f"last line: {last!r}\n{text[-2000:]}{self.vm_records()}")
+
+    def _state_line(self, name: str) -> str:
+        try:
+            row = self.state(name)
+            return f"state {row['state']}: {row.get('reason') or 'no reason'}"
+        except Exception as e:  # noqa: BLE001 - the failure message must not hide the failure
+            return f"state unknown: {e}"
 
     def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + scaled(timeout)
@@ -116,6 +130,11 @@ class Volt:
                 assert row["state"] == state, row
                 return row
             time.sleep(0.05)
+
+
+def whole_lines(text: str) -> str:
+    """`text` up to its last newline: a console read while the guest writes may end mid-line."""
+    return text[:text.rfind("\n") + 1]
 
 
 def write(path: Path, text: str) -> str:
